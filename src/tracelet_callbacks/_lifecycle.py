@@ -1,0 +1,90 @@
+"""Process-exit handling: open runs end with the right status however the process ends.
+
+Normal exit -> ``finished``; an uncaught exception -> ``failed``; Ctrl-C or SIGTERM -> ``interrupted``.
+Installed once, on the first run opened, and only chained onto what was there before.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import sys
+import threading
+import weakref
+from typing import Any, Protocol
+
+log = logging.getLogger("tracelet_callbacks")
+
+
+class _Closable(Protocol):
+    def close(self, status: str = "finished") -> None: ...
+
+
+_open: weakref.WeakSet[Any] = weakref.WeakSet()
+_installed = False
+_exit_status = "finished"
+_lock = threading.Lock()
+
+
+def watch(item: _Closable) -> None:
+    """Close ``item`` with the process's final status if it is still open at exit."""
+    global _installed
+    with _lock:
+        _open.add(item)
+        if _installed:
+            return
+        _installed = True
+    atexit.register(_close_all_at_exit)
+    previous_hook = sys.excepthook
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        global _exit_status
+        _exit_status = "interrupted" if issubclass(kind, KeyboardInterrupt) else "failed"
+        previous_hook(kind, value, tb)
+
+    sys.excepthook = excepthook
+    _install_sigterm()
+
+
+def forget(item: _Closable) -> None:
+    with _lock:
+        _open.discard(item)
+
+
+def close_all(status: str) -> None:
+    for item in list(_open):
+        try:
+            item.close(status)
+        except Exception as exc:  # at exit there is nobody left to raise to
+            log.error("tracelet: could not close a run cleanly: %s", exc)
+
+
+def _close_all_at_exit() -> None:
+    close_all(_exit_status)
+
+
+def _install_sigterm() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except (ValueError, OSError):
+        return
+    if previous is signal.SIG_IGN:
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        close_all("interrupted")
+        if callable(previous):
+            previous(signum, frame)
+            return
+        # Default action: die of SIGTERM as the process would have without us.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except (ValueError, OSError):
+        pass

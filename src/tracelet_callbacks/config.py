@@ -1,0 +1,192 @@
+"""One settings object for every entry point: keywords > ``config`` dict > ``TRACELET_*`` env > defaults.
+
+>>> cfg = resolve({"run_name": "baseline"}, {"repo_path": "./aim_repo", "run_name": "ignored"}, env={})
+>>> cfg.run_name, cfg.repo_path, cfg.experiment_name
+('baseline', './aim_repo', 'Tracelet Experiments')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ENV_VARS", "TraceletConfig", "resolve"]
+
+DEFAULT_EXPERIMENT = "Tracelet Experiments"
+
+
+@dataclass(frozen=True)
+class TraceletConfig:
+    """The settings every entry point takes, under the same names.
+
+    Attributes:
+        repo_path: folder holding the AIM repo (``<repo_path>/.aim``); ``.`` so ``aim up`` there shows it.
+        experiment_name: the AIM experiment the run belongs to.
+        run_name: the run's display name.
+        tags: a mapping (stored as queryable params under ``tags`` and as ``key=value`` AIM tags) or a
+            list of AIM tags.
+        remote_uri: ``aim://host:53800`` (``http://`` is accepted and means the same) to log to a server.
+        buffer_size: how many records the writer holds before it must write.
+        run_hash: an existing run to continue.
+        artifacts_uri: where artifacts are copied (``file://...`` or ``s3://...``); default: a folder
+            ``aim-artifacts`` beside the repo.
+        flush_secs: the longest a logged value waits before it is written.
+        system_tracking_interval: seconds between CPU / GPU / memory samples; ``None`` turns it off.
+        capture_terminal_logs: also store the process's stdout / stderr in the run (off by default: a
+            shared UI is no place for whatever a script prints).
+        log_model: ``False``, ``True`` (best and last checkpoints at the end) or ``"all"`` (each).
+        strict: raise on values we would otherwise skip with a warning.
+        routing: override the tag -> (name, context) rules (see ``core.routing.make_table``).
+    """
+
+    repo_path: str = "."
+    experiment_name: str = DEFAULT_EXPERIMENT
+    run_name: str | None = None
+    tags: Any = None
+    remote_uri: str | None = None
+    buffer_size: int = 1000
+    run_hash: str | None = None
+    artifacts_uri: str | None = None
+    flush_secs: float = 5.0
+    system_tracking_interval: float | None = 10.0
+    capture_terminal_logs: bool = False
+    log_model: bool | str = False
+    strict: bool = False
+    routing: Any = None
+
+    def replace(self, **changes: Any) -> TraceletConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def repo(self) -> str:
+        """What aim's ``Run(repo=...)`` takes: the remote URI, or the local folder."""
+        return self.remote_uri or self.repo_path
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TraceletConfig))
+
+#: Environment variable -> setting, for jobs whose code cannot be edited.
+ENV_VARS: dict[str, str] = {
+    "TRACELET_AIM_REPO": "repo_path",
+    "TRACELET_AIM_EXPERIMENT": "experiment_name",
+    "TRACELET_AIM_RUN_NAME": "run_name",
+    "TRACELET_AIM_TAGS": "tags",
+    "TRACELET_AIM_REMOTE": "remote_uri",
+    "TRACELET_AIM_RUN_HASH": "run_hash",
+    "TRACELET_AIM_ARTIFACTS_URI": "artifacts_uri",
+    "TRACELET_BUFFER_SIZE": "buffer_size",
+    "TRACELET_FLUSH_SECS": "flush_secs",
+    "TRACELET_SYSTEM_TRACKING_INTERVAL": "system_tracking_interval",
+    "TRACELET_CAPTURE_TERMINAL_LOGS": "capture_terminal_logs",
+    "TRACELET_LOG_MODEL": "log_model",
+    "TRACELET_STRICT": "strict",
+}
+
+
+def unknown_key_error(key: str, valid: tuple[str, ...] = FIELDS) -> ValueError:
+    hint = difflib.get_close_matches(key, valid, n=1)
+    guess = f" Did you mean {hint[0]!r}?" if hint else ""
+    return ValueError(f"tracelet: unknown setting {key!r}.{guess} Valid settings: {', '.join(valid)}")
+
+
+def resolve(
+    kwargs: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> TraceletConfig:
+    """Merge the sources (keywords whose value is ``None`` count as not given) and validate."""
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    for variable, key in ENV_VARS.items():
+        raw = env.get(variable)
+        if raw not in (None, ""):
+            merged[key] = _from_env(key, raw, variable)
+    for source in (config or {}), (kwargs or {}):
+        if not isinstance(source, Mapping):
+            raise TypeError(f"tracelet: config must be a dict, got {type(source).__name__}")
+        for key, value in source.items():
+            if key not in FIELDS:
+                raise unknown_key_error(str(key))
+            if value is not None:
+                merged[key] = value
+    return _validated(TraceletConfig(**merged))
+
+
+def _from_env(key: str, raw: str, variable: str) -> Any:
+    raw = raw.strip()
+    try:
+        if key == "buffer_size":
+            return int(raw)
+        if key == "flush_secs":
+            return float(raw)
+        if key == "system_tracking_interval":
+            return None if raw.lower() in ("none", "off", "0") else float(raw)
+        if key in ("capture_terminal_logs", "strict"):
+            return _as_bool(raw)
+        if key == "log_model":
+            return "all" if raw.lower() == "all" else _as_bool(raw)
+    except ValueError as exc:
+        raise ValueError(f"tracelet: {variable}={raw!r} is not a valid {key}: {exc}") from exc
+    if key == "tags":
+        items = [item.strip() for item in raw.split(",") if item.strip()]
+        if items and all("=" in item for item in items):
+            return dict(item.split("=", 1) for item in items)
+        return items
+    return raw
+
+
+def _as_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _validated(cfg: TraceletConfig) -> TraceletConfig:
+    if not isinstance(cfg.buffer_size, int) or isinstance(cfg.buffer_size, bool) or cfg.buffer_size < 1:
+        raise ValueError(f"tracelet: buffer_size must be a positive int, got {cfg.buffer_size!r}")
+    if not isinstance(cfg.flush_secs, (int, float)) or cfg.flush_secs <= 0:
+        raise ValueError(f"tracelet: flush_secs must be a positive number, got {cfg.flush_secs!r}")
+    interval = cfg.system_tracking_interval
+    if interval is not None and (not isinstance(interval, (int, float)) or interval <= 0):
+        raise ValueError(f"tracelet: system_tracking_interval must be positive or None, got {interval!r}")
+    if cfg.log_model not in (False, True, "all"):
+        raise ValueError(f"tracelet: log_model must be False, True or 'all', got {cfg.log_model!r}")
+    if not isinstance(cfg.repo_path, (str, os.PathLike)):
+        raise ValueError(f"tracelet: repo_path must be a path, got {type(cfg.repo_path).__name__}")
+    changes: dict[str, Any] = {"repo_path": os.fspath(cfg.repo_path)}
+    if cfg.remote_uri is not None:
+        changes["remote_uri"] = normalise_remote(cfg.remote_uri)
+    if cfg.tags is not None and not isinstance(cfg.tags, (Mapping, list, tuple, set, str)):
+        raise ValueError(f"tracelet: tags must be a dict or a list, got {type(cfg.tags).__name__}")
+    if cfg.artifacts_uri is not None and "://" not in str(cfg.artifacts_uri):
+        # a bare folder is what people type; aim wants a scheme
+        changes["artifacts_uri"] = "file://" + os.path.abspath(str(cfg.artifacts_uri))
+    return cfg.replace(**changes)
+
+
+def normalise_remote(uri: str) -> str:
+    """``aim://host:port`` from what users write (``http://host:port``, ``host:port``).
+
+    >>> normalise_remote("http://aim-server:53800")
+    'aim://aim-server:53800'
+    """
+    text = str(uri).strip().rstrip("/")
+    for scheme in ("aim://", "http://", "https://"):
+        if text.startswith(scheme):
+            text = text[len(scheme) :]
+            break
+    else:
+        if "://" in text:
+            raise ValueError(f"tracelet: remote_uri must look like aim://host:53800, got {uri!r}")
+    if not text or "/" in text:
+        raise ValueError(f"tracelet: remote_uri must look like aim://host:53800, got {uri!r}")
+    if ":" not in text:
+        text += ":53800"
+    return f"aim://{text}"

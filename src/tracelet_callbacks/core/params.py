@@ -1,0 +1,161 @@
+"""Hyperparameters -> nested, JSON-safe dicts, with secrets replaced before anything is stored.
+
+>>> to_params({"lr": 1e-3, "hub_token": "hf_abc", "db": "postgresql://me:pw@host/db"})
+{'lr': 0.001, 'hub_token': '<redacted>', 'db': 'postgresql://me:<redacted>@host/db'}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import numbers
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .values import is_tensor
+
+__all__ = ["REDACTED", "is_secret_key", "redact_text", "to_params"]
+
+REDACTED = "<redacted>"
+
+#: Key words that mark a secret. A key is split into words (``hub_token`` -> ``hub``, ``token``;
+#: ``apiKey`` -> ``api``, ``key``) and matched word-wise, so ``pad_token_id`` and ``max_tokens``
+#: (counts, not secrets) are kept while ``token``, ``hub_token`` and ``HF_TOKEN`` are not.
+_SECRET_WORDS = frozenset(
+    {
+        "secret", "secrets", "password", "passwd", "passphrase", "credential", "credentials",
+        "apikey", "accesskey", "authorization", "bearer",
+    }
+)
+_SECRET_PAIRS = frozenset({("api", "key"), ("access", "key"), ("private", "key"), ("auth", "key")})
+_TOKEN_TAIL = "token"
+
+#: Whole values that are secrets wherever they appear (well-known token shapes).
+_TOKEN_VALUE = re.compile(
+    r"^(?:sk-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|xox[abpr]-[A-Za-z0-9\-]{10,}"
+    r"|AKIA[0-9A-Z]{16}|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})$"
+)
+#: ``scheme://user:password@host`` -> the password part.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(?P<pw>[^@\s/]+)(?P<tail>@)")
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+
+MAX_LIST_ITEMS = 64
+MAX_DEPTH = 12
+
+
+def is_secret_key(key: Any) -> bool:
+    """Whether values under ``key`` must never be stored.
+
+    >>> [is_secret_key(k) for k in ("hub_token", "HF_TOKEN", "apiKey", "db_password", "pad_token_id")]
+    [True, True, True, True, False]
+    """
+    words = [word.lower() for word in _WORDS.findall(str(key))]
+    if not words:
+        return False
+    if _SECRET_WORDS.intersection(words) or words[-1] == _TOKEN_TAIL:
+        return True
+    return any(tuple(words[i : i + 2]) in _SECRET_PAIRS for i in range(len(words) - 1))
+
+
+def redact_text(text: str) -> str:
+    """Hide URL passwords and well-known token shapes inside a string."""
+    if _TOKEN_VALUE.match(text):
+        return REDACTED
+    if "://" in text and "@" in text:
+        return _URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}{m['tail']}", text)
+    return text
+
+
+def to_params(obj: Any) -> Any:
+    """Turn a hyperparameter container into JSON-safe nested dicts and lists, secrets redacted.
+
+    Accepts ``argparse.Namespace``, mappings, dataclasses, OmegaConf configs, pydantic models and any
+    object with ``to_dict()`` (``TrainingArguments``, ``PretrainedConfig``, PEFT configs). Paths,
+    enums, dtypes and devices become strings; small tensors become lists and large ones a shape
+    summary; other objects become their class name.
+    """
+    return _convert(_unwrap(obj), depth=0)
+
+
+def _unwrap(obj: Any) -> Any:
+    """Containers that are not plain mappings, as a mapping (or ``obj`` unchanged)."""
+    module = type(obj).__module__ or ""
+    if module.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(obj, resolve=True, throw_on_missing=False)
+    if hasattr(obj, "model_dump") and callable(obj.model_dump):  # pydantic v2
+        return obj.model_dump()
+    if hasattr(obj, "to_dict") and callable(obj.to_dict) and not isinstance(obj, Mapping):
+        try:
+            return obj.to_dict()
+        except Exception:
+            pass
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name, None) for f in dataclasses.fields(obj) if f.repr}
+    if type(obj).__name__ == "Namespace" and hasattr(obj, "__dict__"):
+        return vars(obj)
+    return obj
+
+
+def _convert(value: Any, depth: int, key: Any = None) -> Any:
+    if key is not None and is_secret_key(key) and value not in (None, ""):
+        return REDACTED
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        return number if math.isfinite(number) else str(number)  # JSON has no NaN / inf
+    if isinstance(value, enum.Enum):
+        return _convert(value.value, depth) if isinstance(value.value, (str, int, float)) else value.name
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if depth >= MAX_DEPTH:
+        return type(value).__name__
+    if is_tensor(value) or _is_array(value):
+        return _array_summary(value)
+    if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "shape", None) == ():
+        return _convert(value.item(), depth)  # numpy scalars
+    unwrapped = _unwrap(value)
+    if isinstance(unwrapped, Mapping):
+        return {str(k): _convert(v, depth + 1, key=k) for k, v in unwrapped.items()}
+    if isinstance(unwrapped, (list, tuple, set, frozenset)):
+        items = list(unwrapped)
+        if isinstance(unwrapped, (set, frozenset)):
+            items = sorted(items, key=repr)
+        converted = [_convert(item, depth + 1) for item in items[:MAX_LIST_ITEMS]]
+        if len(items) > MAX_LIST_ITEMS:
+            converted.append(f"... {len(items) - MAX_LIST_ITEMS} more")
+        return converted
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '') or ''}.{value.__qualname__}".lstrip(".")
+    name = type(value).__name__
+    if name in ("dtype", "device") or type(value).__module__ in ("torch", "numpy"):
+        return str(value)
+    return name
+
+
+def _is_array(value: Any) -> bool:
+    return type(value).__module__ == "numpy" and hasattr(value, "shape") and hasattr(value, "tolist")
+
+
+def _array_summary(value: Any) -> Any:
+    shape = tuple(value.shape)
+    count = 1
+    for dim in shape:
+        count *= dim
+    if count <= 16:
+        data = value.detach().cpu().tolist() if is_tensor(value) else value.tolist()
+        return _convert(data, depth=0)
+    kind = "Tensor" if is_tensor(value) else "ndarray"
+    dtype = str(value.dtype).replace("torch.", "")
+    return f"{kind}(shape={list(shape)}, dtype={dtype})"

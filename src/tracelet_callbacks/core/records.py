@@ -1,0 +1,141 @@
+"""The small, plain records that cross from the translation core to a sink.
+
+Records hold only Python builtins and numpy arrays, so a sink can write them in this process, hand
+them to a thread, or pickle them to another process without knowing where they came from.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+Context = dict[str, Any]
+
+#: The statuses a run can end with (DESIGN.md, "Run status").
+RunStatus = Literal["finished", "failed", "interrupted", "killed"]
+RUN_STATUSES: tuple[str, ...] = ("finished", "failed", "interrupted", "killed")
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """One point of a metric series."""
+
+    name: str
+    value: float
+    step: int | None = None
+    epoch: int | None = None
+    context: Context = field(default_factory=dict)
+    timestamp: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A distribution: ``counts`` over evenly spaced bins spanning ``bin_range``."""
+
+    name: str
+    counts: list[float]
+    bin_range: tuple[float, float]
+    step: int | None = None
+    epoch: int | None = None
+    context: Context = field(default_factory=dict)
+    timestamp: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """One image as an ``uint8`` array of shape ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``."""
+
+    pixels: Any
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Images:
+    """One or more images tracked together at one step."""
+
+    name: str
+    images: list[ImageData]
+    step: int | None = None
+    epoch: int | None = None
+    context: Context = field(default_factory=dict)
+    timestamp: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class Text:
+    name: str
+    text: str
+    step: int | None = None
+    epoch: int | None = None
+    context: Context = field(default_factory=dict)
+    timestamp: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class Audio:
+    """A clip encoded as WAV bytes."""
+
+    name: str
+    wav: bytes
+    sample_rate: int
+    caption: str = ""
+    step: int | None = None
+    epoch: int | None = None
+    context: Context = field(default_factory=dict)
+    timestamp: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class Params:
+    """JSON-safe values merged into the run under ``key`` (``run[key]``).
+
+    ``merge=True`` updates the nested dict already stored there instead of replacing it.
+    """
+
+    key: str
+    values: Any
+    merge: bool = True
+
+
+@dataclass(frozen=True)
+class Tags:
+    """AIM tags (the chips in the UI) to add to or remove from the run."""
+
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Run-level attributes: name, experiment, description."""
+
+    name: str | None = None
+    experiment: str | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file to copy into the run's artifact store under ``name`` (already checked to stay inside)."""
+
+    path: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Native:
+    """A value already built as an AIM object (``aim.Image`` ...) by the user through the run handle."""
+
+    name: str
+    value: Any
+    step: int | None = None
+    epoch: int | None = None
+    context: Context = field(default_factory=dict)
+
+
+Record = Union[Scalar, Histogram, Images, Text, Audio, Params, Tags, RunInfo, Artifact, Native]

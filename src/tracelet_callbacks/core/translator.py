@@ -1,0 +1,316 @@
+"""The translation core: framework events in, records out to a sink.
+
+Adapters call these methods with what the framework gave them (a tag and a value, a params object);
+the translator routes the tag, converts the value, applies the skip-or-raise policy once, and hands
+records to the sink. It never imports aim or torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from ..errors import TraceletValueError, TraceletWarning
+from . import records as rec
+from .params import to_params
+from .routing import RoutingTable, make_table
+from .values import (
+    Unsupported,
+    audio_to_wav,
+    draw_boxes,
+    figure_to_pixels,
+    histogram_from_buckets,
+    histogram_from_values,
+    image_to_pixels,
+    images_to_pixels,
+    to_scalar,
+)
+
+__all__ = ["Sink", "Translator", "artifact_names"]
+
+log = logging.getLogger("tracelet_callbacks")
+
+
+class Sink(Protocol):
+    """Where records go. Batch-shaped so a buffered or out-of-process writer can stand behind it."""
+
+    def submit(self, records: list[rec.Record]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self, status: str = "finished") -> None: ...
+
+
+class Translator:
+    """Routes, converts and submits; one per run.
+
+    Args:
+        sink: receives the records.
+        routing: the ``routing=`` keyword (see :func:`~tracelet_callbacks.core.routing.make_table`).
+        strict: raise :class:`~tracelet_callbacks.TraceletValueError` instead of warning and skipping.
+        context: context entries added to every series (``{"rank": 1}`` in per-rank logging).
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        routing: Any = None,
+        strict: bool = False,
+        context: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.table: RoutingTable = make_table(routing)
+        self.strict = strict
+        self.base_context = dict(context or {})
+        self._warned: set[tuple[str, str]] = set()
+
+    # -- the skip-or-raise policy -------------------------------------------------------------------
+
+    def skip(self, tag: str, reason: str, kind: str = "value") -> None:
+        """Report a value we cannot store: once per tag as a warning, or raise when strict."""
+        message = f"tracelet: skipped {kind} for {tag!r}: {reason}"
+        if self.strict:
+            raise TraceletValueError(message)
+        if (tag, kind) in self._warned:
+            return
+        self._warned.add((tag, kind))
+        warnings.warn(message + " (reported once per tag)", TraceletWarning, stacklevel=4)
+
+    def notice(self, feature: str, reason: str) -> None:
+        """Say once that a feature is kept out of AIM (it stays wherever else it was written)."""
+        if ("notice", feature) in self._warned:
+            return
+        self._warned.add(("notice", feature))
+        warnings.warn(f"tracelet: {feature} is not sent to AIM: {reason}", TraceletWarning, stacklevel=4)
+
+    # -- scalars ------------------------------------------------------------------------------------
+
+    def _where(self, tag: str, context: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+        found = self.table(tag)
+        merged = {**self.base_context, **found.context, **(context or {})}
+        return found.name, merged
+
+    def scalar(
+        self,
+        tag: str,
+        value: Any,
+        step: Any = None,
+        epoch: Any = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """One scalar under ``tag``, routed to its metric name and context; ``False`` if skipped."""
+        try:
+            number = to_scalar(value)
+        except Unsupported as exc:
+            self.skip(tag, str(exc))
+            return False
+        name, where = self._where(tag, context)
+        self.sink.submit([rec.Scalar(name, number, _int_or_none(step), _int_or_none(epoch), where)])
+        return True
+
+    def scalars(
+        self,
+        values: Mapping[str, Any],
+        step: Any = None,
+        epoch: Any = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Many scalars at one step, submitted as one batch."""
+        step, epoch = _int_or_none(step), _int_or_none(epoch)
+        batch: list[rec.Record] = []
+        for tag, value in values.items():
+            tag = str(tag)
+            try:
+                number = to_scalar(value)
+            except Unsupported as exc:
+                self.skip(tag, str(exc))
+                continue
+            name, where = self._where(tag, context)
+            batch.append(rec.Scalar(name, number, step, epoch, where))
+        if batch:
+            self.sink.submit(batch)
+
+    # -- rich types ---------------------------------------------------------------------------------
+
+    def histogram(self, tag: str, values: Any, step: Any = None, epoch: Any = None, bins: int = 64) -> None:
+        try:
+            counts, span = histogram_from_values(values, bins=bins)
+        except Unsupported as exc:
+            self.skip(tag, str(exc), "histogram")
+            return
+        self._submit_histogram(tag, counts, span, step, epoch)
+
+    def histogram_raw(
+        self, tag: str, lo: Any, hi: Any, bucket_limits: Any, bucket_counts: Any, step: Any = None
+    ) -> None:
+        try:
+            counts, span = histogram_from_buckets(to_scalar(lo), to_scalar(hi), bucket_limits, bucket_counts)
+        except Unsupported as exc:
+            self.skip(tag, str(exc), "histogram")
+            return
+        self._submit_histogram(tag, counts, span, step, None)
+
+    def _submit_histogram(self, tag: str, counts: list[float], span: tuple, step: Any, epoch: Any) -> None:
+        name, where = self._where(tag, None)
+        self.sink.submit([rec.Histogram(name, counts, span, _int_or_none(step), _int_or_none(epoch), where)])
+
+    def image(
+        self, tag: str, image: Any, step: Any = None, dataformats: str = "CHW", caption: str = ""
+    ) -> None:
+        try:
+            pixels = [rec.ImageData(image_to_pixels(image, dataformats), caption)]
+        except Unsupported as exc:
+            self.skip(tag, str(exc), "image")
+            return
+        self._submit_images(tag, pixels, step)
+
+    def images(self, tag: str, images: Any, step: Any = None, dataformats: str = "NCHW") -> None:
+        try:
+            pixels = [rec.ImageData(array) for array in images_to_pixels(images, dataformats)]
+        except Unsupported as exc:
+            self.skip(tag, str(exc), "images")
+            return
+        if pixels:
+            self._submit_images(tag, pixels, step)
+
+    def image_with_boxes(
+        self,
+        tag: str,
+        image: Any,
+        boxes: Any,
+        step: Any = None,
+        dataformats: str = "CHW",
+        labels: list[str] | None = None,
+    ) -> None:
+        try:
+            pixels = image_to_pixels(image, dataformats)
+            if boxes is not None:
+                pixels = draw_boxes(pixels, boxes, labels)
+        except Unsupported as exc:
+            self.skip(tag, str(exc), "image")
+            return
+        self._submit_images(tag, [rec.ImageData(pixels)], step)
+
+    def figure(self, tag: str, figure: Any, step: Any = None) -> None:
+        figures = figure if isinstance(figure, (list, tuple)) else [figure]
+        try:
+            pixels = [rec.ImageData(figure_to_pixels(item)) for item in figures]
+        except Unsupported as exc:
+            self.skip(tag, str(exc), "figure")
+            return
+        self._submit_images(tag, pixels, step)
+
+    def _submit_images(self, tag: str, pixels: list[rec.ImageData], step: Any) -> None:
+        name, where = self._where(tag, None)
+        self.sink.submit([rec.Images(name, pixels, _int_or_none(step), None, where)])
+
+    def text(self, tag: str, text: Any, step: Any = None) -> None:
+        if not isinstance(text, str):
+            self.skip(tag, f"expected a string, got {type(text).__name__}", "text")
+            return
+        name, where = self._where(tag, None)
+        self.sink.submit([rec.Text(name, text, _int_or_none(step), None, where)])
+
+    def audio(self, tag: str, samples: Any, step: Any = None, sample_rate: int = 44100, caption: str = "") -> None:
+        try:
+            wav = audio_to_wav(samples, sample_rate)
+        except Unsupported as exc:
+            self.skip(tag, str(exc), "audio")
+            return
+        name, where = self._where(tag, None)
+        self.sink.submit([rec.Audio(name, wav, int(sample_rate), caption, _int_or_none(step), None, where)])
+
+    # -- run-level data -----------------------------------------------------------------------------
+
+    def params(self, params: Any, key: str = "hparams") -> dict[str, Any]:
+        """Store hyperparameters under ``run[key]`` (merged with what is there); returns what was stored."""
+        converted = to_params(params)
+        if not isinstance(converted, dict):
+            self.skip(key, f"expected a mapping of parameters, got {type(params).__name__}", "params")
+            return {}
+        self.sink.submit([rec.Params(key, converted)])
+        return converted
+
+    def tags(self, tags: Any) -> None:
+        """A mapping becomes queryable params under ``tags`` plus ``key=value`` AIM tags; a list, AIM tags."""
+        if tags is None:
+            return
+        if isinstance(tags, str):
+            tags = [tags]
+        if isinstance(tags, Mapping):
+            values = to_params(dict(tags))
+            self.sink.submit([rec.Params("tags", values), rec.Tags(add=tuple(_tag_labels(values)))])
+        elif isinstance(tags, Iterable):
+            self.sink.submit([rec.Tags(add=tuple(str(to_params(tag)) for tag in tags))])
+        else:
+            self.skip("tags", f"expected a mapping or a list of tags, got {type(tags).__name__}", "tags")
+
+    def run_info(self, name: str | None = None, experiment: str | None = None) -> None:
+        if name is not None or experiment is not None:
+            self.sink.submit([rec.RunInfo(name=name, experiment=experiment)])
+
+    def artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> list[str]:
+        """Copy a file (or every file under a folder) into the artifact store; returns stored names."""
+        batch = [rec.Artifact(source, name) for source, name in artifact_names(path, artifact_path)]
+        self.sink.submit(batch)
+        return [item.name for item in batch]
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def close(self, status: str = "finished") -> None:
+        self.sink.close(status)
+
+
+def _int_or_none(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(to_scalar(value))
+    except (Unsupported, ValueError, OverflowError):
+        return None
+
+
+def _tag_labels(values: Mapping[str, Any]) -> list[str]:
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def artifact_names(path: str | os.PathLike, artifact_path: str | None = None) -> list[tuple[str, str]]:
+    """``(source file, stored name)`` pairs for ``log_artifact``, refusing names that leave the store.
+
+    >>> artifact_names(__file__, "models/")[0][1]
+    'models/translator.py'
+    """
+    source = os.fspath(path)
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"tracelet: cannot log artifact {source!r}: no such file or folder")
+    folder = _clean_store_path(artifact_path or "")
+    if os.path.isdir(source):
+        base = os.path.basename(os.path.normpath(source))
+        pairs = []
+        for root, _dirs, files in os.walk(source):
+            for file in sorted(files):
+                full = os.path.join(root, file)
+                relative = os.path.relpath(full, source).replace(os.sep, "/")
+                pairs.append((full, posixpath.join(folder, base, relative) if folder else f"{base}/{relative}"))
+        return pairs
+    name = os.path.basename(source)
+    return [(source, posixpath.join(folder, name) if folder else name)]
+
+
+def _clean_store_path(artifact_path: str) -> str:
+    text = str(artifact_path).replace("\\", "/").strip()
+    if not text:
+        return ""
+    cleaned = posixpath.normpath(text)
+    if text.startswith("/") or cleaned == ".." or cleaned.startswith("../") or "://" in text:
+        raise ValueError(
+            f"tracelet: artifact_path {artifact_path!r} would leave the artifact store; "
+            "give a relative folder such as 'models/'"
+        )
+    return "" if cleaned == "." else cleaned

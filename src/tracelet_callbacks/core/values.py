@@ -1,0 +1,272 @@
+"""Value conversion: whatever a training loop hands us -> the plain data a record holds.
+
+Tensors are recognised by their shape of API (``detach`` / ``numel``), never by importing torch, so
+this module stays importable in a process without torch. Every converter either returns a value or
+raises :class:`Unsupported` with a short reason; the caller decides whether that is a warning or an
+error (``strict``).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import numbers
+import wave
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Unsupported",
+    "audio_to_wav",
+    "figure_to_pixels",
+    "flatten_values",
+    "draw_boxes",
+    "histogram_from_buckets",
+    "histogram_from_values",
+    "image_to_pixels",
+    "images_to_pixels",
+    "is_tensor",
+    "to_numpy",
+    "to_scalar",
+]
+
+MAX_BINS = 512
+
+
+class Unsupported(Exception):
+    """A value that cannot become the record asked for; ``str(exc)`` says why."""
+
+
+def is_tensor(value: Any) -> bool:
+    """True for torch (and torch-like) tensors, without importing torch."""
+    return hasattr(value, "detach") and hasattr(value, "numel") and hasattr(value, "cpu")
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    module = kind.__module__
+    return kind.__name__ if module in ("builtins", None) else f"{module.split('.')[0]}.{kind.__name__}"
+
+
+def to_scalar(value: Any) -> float:
+    """Turn a number-like value into a float; NaN and inf are kept as values.
+
+    >>> to_scalar(3), to_scalar(True), to_scalar(np.float32(0.5))
+    (3.0, 1.0, 0.5)
+    >>> to_scalar("0.1")
+    Traceback (most recent call last):
+    ...
+    tracelet_callbacks.core.values.Unsupported: expected a number, got str
+    """
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if is_tensor(value):
+        count = value.numel()
+        if count != 1:
+            raise Unsupported(f"expected a one-element tensor, got a tensor of shape {tuple(value.shape)}")
+        return float(value.detach().reshape(()).item())
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise Unsupported(f"expected a one-element array, got an array of shape {value.shape}")
+        return _numeric_item(value.reshape(()).item(), value)
+    if isinstance(value, np.generic):
+        return _numeric_item(value.item(), value)
+    if value is None:
+        raise Unsupported("expected a number, got None")
+    raise Unsupported(f"expected a number, got {_type_name(value)}")
+
+
+def _numeric_item(item: Any, original: Any) -> float:
+    if isinstance(item, (bool, numbers.Real)):
+        return float(item)
+    raise Unsupported(f"expected a number, got {_type_name(original)} of {type(item).__name__}")
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A tensor, array, number or (nested) list as a numpy array, detached and on the CPU."""
+    if is_tensor(value):
+        tensor = value.detach()
+        if getattr(tensor, "dtype", None) is not None and "bfloat16" in str(tensor.dtype):
+            tensor = tensor.float()  # numpy has no bfloat16
+        return tensor.cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise Unsupported(f"cannot read {_type_name(value)} as an array: {exc}") from exc
+
+
+def flatten_values(values: Any) -> np.ndarray:
+    """A tensor, array, list, or iterable of tensors (``model.parameters()``) as one flat float array."""
+    if is_tensor(values) or isinstance(values, np.ndarray):
+        flat = to_numpy(values).ravel()
+    elif isinstance(values, Iterable) and not isinstance(values, (str, bytes)):
+        parts = [to_numpy(item).ravel() for item in values]
+        flat = np.concatenate(parts) if parts else np.empty(0)
+    else:
+        flat = to_numpy(values).ravel()
+    if flat.dtype.kind not in "fiub":
+        raise Unsupported(f"expected numbers, got dtype {flat.dtype}")
+    return flat.astype(np.float64, copy=False)
+
+
+def histogram_from_values(values: Any, bins: int = 64) -> tuple[list[float], tuple[float, float]]:
+    """Histogram of anything :func:`flatten_values` reads; returns ``(counts, (lo, hi))``.
+
+    Non-finite entries are left out (a histogram has no bin for them).
+    """
+    flat = flatten_values(values)
+    flat = flat[np.isfinite(flat)]
+    if flat.size == 0:
+        raise Unsupported("no finite values to make a histogram of")
+    bins = max(1, min(int(bins), MAX_BINS))
+    lo, hi = float(flat.min()), float(flat.max())
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    counts, _ = np.histogram(flat, bins=bins, range=(lo, hi))
+    return counts.astype(float).tolist(), (lo, hi)
+
+
+def histogram_from_buckets(
+    lo: float, hi: float, bucket_limits: Any, bucket_counts: Any
+) -> tuple[list[float], tuple[float, float]]:
+    """``add_histogram_raw``'s buckets as an even-binned histogram over ``[lo, hi]``.
+
+    AIM distributions have evenly spaced bins, so uneven TensorBoard buckets are re-binned: each
+    bucket's count goes to the even bin holding its upper limit (clipped to the range).
+    """
+    limits = to_numpy(bucket_limits).astype(np.float64).ravel()
+    counts = to_numpy(bucket_counts).astype(np.float64).ravel()
+    if limits.size != counts.size or counts.size == 0:
+        raise Unsupported("bucket_limits and bucket_counts must be non-empty and of equal length")
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise Unsupported("min and max must be finite")
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    bins = min(counts.size, MAX_BINS)
+    edges = np.linspace(lo, hi, bins + 1)
+    where = np.clip(np.searchsorted(edges, np.clip(limits, lo, hi), side="left") - 1, 0, bins - 1)
+    even = np.zeros(bins)
+    np.add.at(even, where, counts)
+    return even.tolist(), (lo, hi)
+
+
+_LAYOUTS = {"CHW", "HWC", "HW", "NCHW", "NHWC", "NHW", "CNHW"}
+
+
+def image_to_pixels(image: Any, dataformats: str = "CHW") -> np.ndarray:
+    """One image in any TensorBoard ``dataformats`` -> ``uint8`` array ``(H, W[, C])``.
+
+    Floats are taken to lie in ``[0, 1]`` (TensorBoard's convention) and scaled to 0..255.
+    """
+    array = _as_image_array(image)
+    layout = dataformats.upper()
+    if layout not in {"CHW", "HWC", "HW"}:
+        raise Unsupported(f"dataformats {dataformats!r} is not a single-image layout (CHW, HWC, HW)")
+    if array.ndim != len(layout):
+        raise Unsupported(f"expected {len(layout)} dimensions for {layout}, got shape {array.shape}")
+    if layout == "CHW":
+        array = np.transpose(array, (1, 2, 0))
+    if array.ndim == 3:
+        channels = array.shape[2]
+        if channels == 1:
+            array = array[:, :, 0]
+        elif channels == 2:  # grey + alpha is unusual; keep the grey channel
+            array = array[:, :, 0]
+        elif channels not in (3, 4):
+            raise Unsupported(f"expected 1, 3 or 4 channels, got {channels}")
+    return _to_uint8(array)
+
+
+def images_to_pixels(images: Any, dataformats: str = "NCHW") -> list[np.ndarray]:
+    """A batch of images (``NCHW``, ``NHWC``, ``NHW``, ``CNHW``) -> one array per image."""
+    array = _as_image_array(images)
+    layout = dataformats.upper()
+    if layout not in {"NCHW", "NHWC", "NHW", "CNHW"}:
+        raise Unsupported(f"dataformats {dataformats!r} is not a batch layout (NCHW, NHWC, NHW)")
+    if array.ndim != len(layout):
+        raise Unsupported(f"expected {len(layout)} dimensions for {layout}, got shape {array.shape}")
+    if layout == "CNHW":
+        array, layout = np.transpose(array, (1, 0, 2, 3)), "NCHW"
+    single = layout[1:]
+    return [image_to_pixels(item, single) for item in array]
+
+
+def _as_image_array(image: Any) -> np.ndarray:
+    if hasattr(image, "mode") and hasattr(image, "size") and hasattr(image, "getdata"):  # a PIL image
+        return np.asarray(image)
+    array = to_numpy(image)
+    if array.dtype.kind not in "fiub":
+        raise Unsupported(f"expected numeric pixels, got dtype {array.dtype}")
+    return array
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if array.dtype.kind == "f":
+        array = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+        array = np.clip(array, 0.0, 1.0) * 255.0 + 0.5
+    elif array.dtype.kind == "b":
+        array = array.astype(np.float64) * 255.0
+    return np.ascontiguousarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
+def draw_boxes(pixels: np.ndarray, boxes: Any, labels: list[str] | None = None) -> np.ndarray:
+    """Outline ``boxes`` (``N x 4``, x1 y1 x2 y2 in pixels) on a copy of ``pixels``."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
+
+    picture = PILImage.fromarray(pixels).convert("RGB")
+    pen = ImageDraw.Draw(picture)
+    for index, box in enumerate(to_numpy(boxes).reshape(-1, 4).tolist()):
+        pen.rectangle(box, outline=(255, 0, 0), width=2)
+        if labels and index < len(labels):
+            pen.text((box[0] + 2, box[1] + 2), str(labels[index]), fill=(255, 0, 0))
+    return np.asarray(picture)
+
+
+def figure_to_pixels(figure: Any) -> np.ndarray:
+    """Render a matplotlib figure to an RGBA ``uint8`` array."""
+    canvas = getattr(figure, "canvas", None)
+    if canvas is None or not hasattr(canvas, "draw"):
+        raise Unsupported(f"expected a matplotlib figure, got {_type_name(figure)}")
+    if not hasattr(canvas, "buffer_rgba"):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.array(canvas.buffer_rgba(), dtype=np.uint8)
+
+
+def audio_to_wav(samples: Any, sample_rate: int) -> bytes:
+    """Mono or ``(channels, n)`` / ``(1, n)`` float samples in ``[-1, 1]`` -> 16-bit PCM WAV bytes."""
+    array = to_numpy(samples)
+    if array.dtype.kind not in "fiu":
+        raise Unsupported(f"expected numeric audio samples, got dtype {array.dtype}")
+    array = np.squeeze(array)
+    if array.ndim == 0 or array.size == 0:
+        raise Unsupported("audio has no samples")
+    if array.ndim == 2:
+        # TensorBoard passes (channels, samples); WAV interleaves (samples, channels)
+        array = array.T if array.shape[0] < array.shape[1] else array
+    elif array.ndim != 1:
+        raise Unsupported(f"expected 1-D or 2-D audio, got shape {array.shape}")
+    channels = 1 if array.ndim == 1 else array.shape[1]
+    if array.dtype.kind == "f":
+        pcm = (np.clip(np.nan_to_num(array), -1.0, 1.0) * 32767.0).astype("<i2")
+    else:
+        pcm = array.astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(int(sample_rate))
+        out.writeframes(pcm.tobytes())
+    return buffer.getvalue()

@@ -1,0 +1,80 @@
+"""What we record about the process instead of aim's ``log_system_params`` (which needs pkg_resources).
+
+Stored under ``run["__system_params"]``, the key aim's UI reads, in aim's layout. Environment
+variables are left out on purpose: they are where secrets live.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from typing import Any
+
+from ..core.params import REDACTED, is_secret_key, redact_text
+
+__all__ = ["environment_params", "redacted_argv"]
+
+
+def environment_params() -> dict[str, Any]:
+    return {
+        "packages": _packages(),
+        "git_info": _git_info(),
+        "executable": sys.executable,
+        "arguments": redacted_argv(sys.argv),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+    }
+
+
+def _packages() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            found[name.lower()] = dist.version
+    return dict(sorted(found.items()))
+
+
+def _git_info() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=2, check=True)
+        return done.stdout.strip()
+
+    try:
+        return {
+            "commit": {"hash": git("rev-parse", "HEAD")},
+            "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+            "remote_origin_url": redact_text(git("config", "--get", "remote.origin.url")),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        }
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """The command line with values of secret-looking options hidden.
+
+    >>> redacted_argv(["train.py", "--hub_token", "hf_x", "--api-key=abc", "--lr", "0.1"])
+    ['train.py', '--hub_token', '<redacted>', '--api-key=<redacted>', '--lr', '0.1']
+    """
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        if arg.startswith("-"):
+            option, eq, value = arg.lstrip("-").partition("=")
+            if is_secret_key(option.replace("-", "_")):
+                if eq:
+                    out.append(arg[: len(arg) - len(value)] + REDACTED)
+                else:
+                    out.append(arg)
+                    hide_next = True
+                continue
+        out.append(redact_text(arg))
+    return out

@@ -1,0 +1,287 @@
+"""The AIM sink: owns one ``aim.Run`` and turns records into calls on it.
+
+This is the only module that imports aim. It opens a local repo (creating it), a remote
+``aim://`` server, or an existing run to resume; writes records; and on ``close`` records the final
+status, closes the run and indexes it so ``aim.Repo(...).query_metrics(...)`` sees it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from ..config import TraceletConfig
+from ..core import records as rec
+from ..errors import TraceletError, TraceletWarning
+from .environment import environment_params
+
+__all__ = ["AimSink"]
+
+log = logging.getLogger("tracelet_callbacks")
+
+ARTIFACTS_FOLDER = "aim-artifacts"
+_CONNECT_TIMEOUT = 3.0
+
+
+class AimSink:
+    """Writes records to an AIM run. ``open()`` is explicit; ``submit`` opens lazily too.
+
+    Args:
+        config: the resolved settings (repo, experiment, run name, tags, remote, resume hash ...).
+    """
+
+    def __init__(self, config: TraceletConfig) -> None:
+        self.config = config
+        self._run: Any = None
+        self._repo_path: str | None = None
+        self._lock = threading.RLock()
+        self._closed = False
+        self._failures = 0
+        self.status: str | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._run is not None and not self._closed
+
+    @property
+    def run(self) -> Any:
+        """The live ``aim.Run`` (opened on first access)."""
+        self.open()
+        return self._run
+
+    @property
+    def hash(self) -> str:
+        return self.run.hash
+
+    def open(self) -> None:
+        with self._lock:
+            if self._run is not None:
+                return
+            if self._closed:
+                raise TraceletError("tracelet: this run is closed; start a new one to log more")
+            self._run = self._create_run()
+
+    def _create_run(self) -> Any:
+        cfg = self.config
+        import aim  # noqa: PLC0415 - aim's import costs ~1 s; only pay it when a run is opened
+
+        if cfg.remote_uri:
+            _check_server(cfg.remote_uri)
+            repo: Any = cfg.remote_uri
+        else:
+            repo = self._local_repo(cfg.repo_path)
+        try:
+            run = aim.Run(
+                run_hash=cfg.run_hash,
+                repo=repo,
+                experiment=cfg.experiment_name,
+                system_tracking_interval=cfg.system_tracking_interval,
+                log_system_params=False,  # aim's own collector needs pkg_resources (gone in setuptools 81)
+                capture_terminal_logs=cfg.capture_terminal_logs,
+            )
+        except Exception as exc:
+            where = cfg.remote_uri or self._repo_path
+            what = f"resume run {cfg.run_hash!r}" if cfg.run_hash else "open a run"
+            raise TraceletError(f"tracelet: could not {what} in AIM repo {where}: {exc}") from exc
+        if cfg.run_name:
+            run.name = cfg.run_name
+        if cfg.run_hash:
+            previous = run.get("status")
+            if previous:
+                run["resumed_from_status"] = previous
+        run["status"] = "running"
+        try:
+            run["__system_params"] = environment_params()
+        except Exception as exc:  # environment info is a nicety, never a reason to fail
+            log.debug("tracelet: could not record environment info: %s", exc)
+        run.set_artifacts_uri(cfg.artifacts_uri or self._default_artifacts_uri())
+        return run
+
+    def _local_repo(self, repo_path: str) -> Any:
+        from aim import Repo
+
+        path = os.path.abspath(os.path.expanduser(repo_path))
+        self._repo_path = path
+        try:
+            os.makedirs(path, exist_ok=True)
+            probe = os.path.join(path, f".tracelet-write-test-{os.getpid()}")
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+        except OSError as exc:
+            raise TraceletError(
+                f"tracelet: cannot write to repo_path {path!r} ({exc.strerror or exc}); "
+                "choose a folder you can write to with repo_path= or TRACELET_AIM_REPO"
+            ) from exc
+        if not Repo.exists(path):
+            Repo.from_path(path, init=True)
+        return path
+
+    def _default_artifacts_uri(self) -> str:
+        base = self._repo_path or os.path.abspath(".")
+        return "file://" + os.path.join(base, ARTIFACTS_FOLDER)
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def submit(self, records: Iterable[rec.Record]) -> None:
+        with self._lock:
+            if self._closed:
+                warnings.warn("tracelet: a value was logged after the run was closed; it is dropped",
+                              TraceletWarning, stacklevel=3)
+                return
+            run = self.run
+            for record in records:
+                try:
+                    self._write(run, record)
+                except Exception as exc:
+                    if isinstance(record, rec.Artifact):  # an explicit call: answer it, not the log
+                        raise TraceletError(f"tracelet: storing artifact {record.name!r} failed: {exc}") from exc
+                    self._report_failure(record, exc)
+
+    def _report_failure(self, record: rec.Record, exc: Exception) -> None:
+        self._failures += 1
+        if self._failures == 1:
+            log.error("tracelet: writing %s to AIM failed: %s (training goes on)", type(record).__name__, exc)
+            warnings.warn(f"tracelet: writing to AIM failed: {exc!r}; training goes on", TraceletWarning,
+                          stacklevel=4)
+
+    @property
+    def failures(self) -> int:
+        """How many records the backend refused (each one reported in the log)."""
+        return self._failures
+
+    def _write(self, run: Any, record: rec.Record) -> None:
+        import aim
+
+        if isinstance(record, rec.Scalar):
+            run.track(record.value, name=record.name, step=record.step, epoch=record.epoch,
+                      context=record.context)
+        elif isinstance(record, rec.Histogram):
+            value = aim.Distribution(hist=record.counts, bin_range=record.bin_range)
+            run.track(value, name=record.name, step=record.step, epoch=record.epoch, context=record.context)
+        elif isinstance(record, rec.Images):
+            pictures = [_aim_image(image) for image in record.images]
+            value = pictures[0] if len(pictures) == 1 else pictures
+            run.track(value, name=record.name, step=record.step, epoch=record.epoch, context=record.context)
+        elif isinstance(record, rec.Text):
+            run.track(aim.Text(record.text), name=record.name, step=record.step, epoch=record.epoch,
+                      context=record.context)
+        elif isinstance(record, rec.Audio):
+            clip = aim.Audio(record.wav, format="wav", rate=record.sample_rate, caption=record.caption)
+            run.track(clip, name=record.name, step=record.step, epoch=record.epoch, context=record.context)
+        elif isinstance(record, rec.Native):
+            run.track(record.value, name=record.name, step=record.step, epoch=record.epoch,
+                      context=record.context)
+        elif isinstance(record, rec.Params):
+            current = run.get(record.key) if record.merge else None
+            run[record.key] = _deep_merge(current, record.values) if isinstance(current, dict) else record.values
+        elif isinstance(record, rec.Tags):
+            for tag in record.add:
+                run.add_tag(tag)
+            for tag in record.remove:
+                run.remove_tag(tag)
+        elif isinstance(record, rec.RunInfo):
+            if record.name is not None:
+                run.name = record.name
+            if record.experiment is not None:
+                run.experiment = record.experiment
+            if record.description is not None:
+                run.description = record.description
+        elif isinstance(record, rec.Artifact):
+            self._store_artifact(run, record)
+        else:
+            raise TypeError(f"unknown record type {type(record).__name__}")
+
+    def _store_artifact(self, run: Any, record: rec.Artifact) -> None:
+        # aim's log_artifact is wrapped in its "noexcept" guard, which only logs in safe mode: block,
+        # then check that the copy landed where a file:// store keeps it.
+        run.log_artifact(record.path, name=record.name, block=True)
+        uri = run.artifacts_uri or ""
+        if uri.startswith("file://"):
+            stored = os.path.join(uri[len("file://") :], record.name)
+            if not os.path.isfile(stored):
+                raise TraceletError(f"tracelet: artifact {record.name!r} was not stored at {stored}")
+
+    # -- durability ---------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Everything submitted so far is on disk (or acknowledged by the server)."""
+        with self._lock:
+            # A synchronous sink writes as it goes; nothing is held back.
+            return
+
+    def close(self, status: str = "finished") -> None:
+        """Record ``status``, close the run and index it. Safe to call twice."""
+        if status not in rec.RUN_STATUSES:
+            raise ValueError(f"tracelet: status must be one of {', '.join(rec.RUN_STATUSES)}, got {status!r}")
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.status = status
+            run, self._run = self._run, None
+            if run is None:
+                return
+            try:
+                run["status"] = status
+                if self._failures:
+                    run["tracelet_write_failures"] = self._failures
+                run.close()
+            except Exception as exc:
+                raise TraceletError(f"tracelet: closing AIM run {run.hash} failed: {exc}") from exc
+            if self._repo_path is not None:
+                _index_run(self._repo_path, run.hash)
+
+
+def _aim_image(image: rec.ImageData) -> Any:
+    import aim
+    from PIL import Image as PILImage
+
+    return aim.Image(PILImage.fromarray(image.pixels), caption=image.caption)
+
+
+def _deep_merge(old: dict, new: Any) -> Any:
+    if not isinstance(new, dict):
+        return new
+    merged = dict(old)
+    for key, value in new.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _check_server(remote_uri: str) -> None:
+    """Fail in seconds, with the address, when the AIM server is not there (aim itself retries for long)."""
+    address = remote_uri[len("aim://") :]
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise TraceletError(
+            f"tracelet: cannot reach the AIM server at {remote_uri} ({exc}); "
+            "is `aim server` running there and the port open?"
+        ) from exc
+
+
+def _index_run(repo_path: str, run_hash: str) -> None:
+    """Make a closed run visible to ``Repo.iter_runs()`` / ``query_*`` now, not when ``aim up`` gets to it."""
+    try:
+        from aim import Repo
+        from aim.sdk.index_manager import RepoIndexManager
+
+        repo = Repo.from_path(repo_path)
+        RepoIndexManager.get_index_manager(repo).index(run_hash)
+    except Exception as exc:
+        warnings.warn(
+            f"tracelet: run {run_hash} is saved but could not be indexed ({exc}); "
+            "`aim up` will index it when it starts",
+            TraceletWarning,
+            stacklevel=3,
+        )

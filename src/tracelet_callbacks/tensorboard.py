@@ -1,0 +1,286 @@
+"""``TraceletWriter``: a ``SummaryWriter`` whose every ``add_*`` also lands in AIM; and the patch
+that ``start_logging`` puts on ``SummaryWriter`` itself so unchanged scripts do the same.
+
+Each ``add_*`` maps its arguments onto one translator call (the table ``_FORWARDS``); what AIM has no
+home for (video, embeddings, meshes, PR curves) stays TensorBoard-only with one notice.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import TraceletValueError, TraceletWarning
+from .experiment import Experiment
+from .core.translator import Translator
+from .core.values import Unsupported, flatten_values, is_tensor
+
+try:
+    from torch.utils.tensorboard import SummaryWriter
+except ImportError as exc:  # torch or tensorboard missing
+    raise ModuleNotFoundError(
+        "TraceletWriter needs torch and tensorboard: pip install \"tracelet-callbacks[tensorboard]\""
+    ) from exc
+
+__all__ = ["TraceletWriter"]
+
+Forward = Callable[[Translator, dict], Any]
+
+
+def _scalars(t: Translator, a: dict) -> None:
+    t.scalars({f"{a['main_tag']}/{key}": value for key, value in a["tag_scalar_dict"].items()}, a["global_step"])
+
+
+def _hparams(t: Translator, a: dict) -> None:
+    t.params(a["hparam_dict"])
+    t.scalars(a["metric_dict"] or {}, a["global_step"])
+
+
+def _tensor(t: Translator, a: dict) -> None:
+    value = a["tensor"]
+    if (is_tensor(value) and value.numel() == 1) or getattr(value, "size", None) == 1:
+        t.scalar(a["tag"], value, a["global_step"])
+    else:
+        t.notice("add_tensor of a multi-element tensor", "AIM series hold scalars; it stays in TensorBoard")
+
+
+def _graph(t: Translator, a: dict) -> None:
+    model = a["model"]
+    t.params({"class": f"{type(model).__module__}.{type(model).__qualname__}", "graph": repr(model)}, key="model")
+
+
+def _boxes(t: Translator, a: dict) -> None:
+    boxes = a["box_tensor"]
+    if boxes is not None and a.get("rescale", 1) != 1:
+        boxes = flatten_values(boxes).reshape(-1, 4) * a["rescale"]
+    t.image_with_boxes(a["tag"], a["img_tensor"], boxes, a["global_step"], a["dataformats"], a["labels"])
+
+
+def _tensorboard_only(feature: str) -> Forward:
+    def forward(t: Translator, a: dict) -> None:
+        t.notice(feature, "AIM has no matching object type; it stays in TensorBoard")
+
+    return forward
+
+
+#: SummaryWriter method -> how its (bound, defaulted) arguments become translator calls.
+_FORWARDS: dict[str, Forward] = {
+    "add_scalars": _scalars,
+    "add_hparams": _hparams,
+    "add_tensor": _tensor,
+    "add_histogram": lambda t, a: t.histogram(a["tag"], a["values"], a["global_step"]),
+    "add_histogram_raw": lambda t, a: t.histogram_raw(
+        a["tag"], a["min"], a["max"], a["bucket_limits"], a["bucket_counts"], a["global_step"]
+    ),
+    "add_image": lambda t, a: t.image(a["tag"], a["img_tensor"], a["global_step"], a["dataformats"]),
+    "add_images": lambda t, a: t.images(a["tag"], a["img_tensor"], a["global_step"], a["dataformats"]),
+    "add_image_with_boxes": _boxes,
+    "add_figure": lambda t, a: t.figure(a["tag"], a["figure"], a["global_step"]),
+    "add_text": lambda t, a: t.text(a["tag"], a["text_string"], a["global_step"]),
+    "add_audio": lambda t, a: t.audio(a["tag"], a["snd_tensor"], a["global_step"], a["sample_rate"]),
+    "add_graph": _graph,
+    "add_video": _tensorboard_only("add_video"),
+    "add_embedding": _tensorboard_only("add_embedding"),
+    "add_pr_curve": _tensorboard_only("add_pr_curve"),
+    "add_pr_curve_raw": _tensorboard_only("add_pr_curve_raw"),
+    "add_mesh": _tensorboard_only("add_mesh"),
+    "add_onnx_graph": _tensorboard_only("add_onnx_graph"),
+    "add_custom_scalars": _tensorboard_only("add_custom_scalars"),
+}
+
+#: The real methods, captured before anything is patched.
+_ORIGINALS: dict[str, Callable] = {
+    name: SummaryWriter.__dict__[name] for name in ["add_scalar", *_FORWARDS] if name in SummaryWriter.__dict__
+}
+
+
+def _active_translator(writer: SummaryWriter) -> Translator | None:
+    """Where this writer's values go: its own experiment, else the ``start_logging`` session."""
+    own = writer.__dict__.get("_tracelet_experiment")
+    if own is not None:
+        return own.translator
+    from . import session
+
+    active = session.get_active_experiment()
+    return active.translator if active is not None else None
+
+
+def _tensorboard_call(writer: SummaryWriter, name: str, call: Callable[[], Any], strict: bool) -> Any:
+    """Run the real TensorBoard method; its failure on a strange value must not stop training."""
+    if not writer.__dict__.get("_tracelet_tensorboard", True):
+        return None
+    try:
+        return call()
+    except Exception as exc:
+        if strict:
+            raise TraceletValueError(f"tracelet: TensorBoard's {name} failed: {exc}") from exc
+        warnings.warn(f"tracelet: TensorBoard's {name} failed ({exc!r}); the value is skipped there",
+                      TraceletWarning, stacklevel=3)
+        return None
+
+
+def _add_scalar(self: SummaryWriter, tag: str, scalar_value: Any, global_step: Any = None, walltime: Any = None,
+                new_style: bool = False, double_precision: bool = False) -> None:
+    translator = _active_translator(self)
+    if translator is not None and not translator.scalar(tag, scalar_value, global_step):
+        return  # skipped with a warning; TensorBoard would have raised on it
+    strict = translator.strict if translator is not None else False
+    original = _ORIGINALS["add_scalar"]
+    _tensorboard_call(
+        self, "add_scalar",
+        lambda: original(self, tag, scalar_value, global_step, walltime, new_style, double_precision), strict,
+    )
+
+
+def _wrap(name: str, forward: Forward) -> Callable:
+    original = _ORIGINALS[name]
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def method(self: SummaryWriter, *args: Any, **kwargs: Any) -> Any:
+        translator = _active_translator(self)
+        if translator is None:
+            return original(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        if name == "add_histogram" and not (is_tensor(arguments["values"]) or hasattr(arguments["values"], "dtype")):
+            # model.parameters() is a one-shot generator that TensorBoard itself cannot read: read it once
+            try:
+                arguments["values"] = flatten_values(arguments["values"])
+            except Unsupported as exc:
+                translator.skip(arguments["tag"], str(exc), "histogram")
+                return None
+        try:
+            forward(translator, arguments)
+        except TraceletValueError:
+            raise
+        except Exception as exc:  # a bug of ours or an odd argument: say so, keep training
+            translator.skip(str(arguments.get("tag", name)), f"{name} could not be converted: {exc!r}", name)
+        return _tensorboard_call(self, name, lambda: original(**arguments), translator.strict)
+
+    return method
+
+
+_WRAPPED: dict[str, Callable] = {"add_scalar": _add_scalar}
+_WRAPPED.update({name: _wrap(name, forward) for name, forward in _FORWARDS.items() if name in _ORIGINALS})
+
+
+class _NoEventFiles:
+    """Stands in for TensorBoard's FileWriter when ``tensorboard=False``: no folder, no event file."""
+
+    def __init__(self, log_dir: str) -> None:
+        self._log_dir = log_dir
+
+    def get_logdir(self) -> str:
+        return self._log_dir
+
+    def add_event(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    add_summary = add_graph = add_onnx_graph = add_event
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def reopen(self) -> None:
+        pass
+
+
+class TraceletWriter(SummaryWriter):
+    """A ``SummaryWriter`` that also sends every ``add_*`` to an AIM run.
+
+    Args:
+        log_dir, comment, purge_step, max_queue, flush_secs, filename_suffix: as ``SummaryWriter``.
+        tensorboard: keep writing TensorBoard event files too (default); ``False`` writes AIM only.
+        experiment: log into this :class:`~tracelet_callbacks.Experiment` instead of opening a run.
+        config: a settings dict; ``**settings``: any setting keyword (``repo_path``, ``run_name`` ...).
+            Note ``flush_secs`` here is TensorBoard's; AIM's is ``config={"flush_secs": ...}``.
+
+    With no settings while ``start_logging`` is active, the writer logs into that session's run.
+
+    Example::
+
+        writer = TraceletWriter(repo_path="./aim_repo", run_name="baseline")
+        writer.add_scalar("train/loss", 0.5, global_step=1)   # AIM metric "loss", subset train
+        writer.close()                                         # closes the run: status "finished"
+    """
+
+    def __init__(
+        self,
+        log_dir: str | None = None,
+        comment: str = "",
+        purge_step: int | None = None,
+        max_queue: int = 10,
+        flush_secs: int = 120,
+        filename_suffix: str = "",
+        *,
+        tensorboard: bool = True,
+        experiment: Experiment | None = None,
+        config: Mapping[str, Any] | None = None,
+        **settings: Any,
+    ) -> None:
+        self._tracelet_tensorboard = tensorboard
+        self._tracelet_owns = experiment is None
+        if experiment is None:
+            from . import session
+
+            active = session.get_active_experiment()
+            if active is not None and not settings and not config:
+                experiment, self._tracelet_owns = active, False
+            else:
+                experiment = Experiment(config, enabled=session.global_rank() == 0, **settings)
+        self._tracelet_experiment = experiment
+        super().__init__(log_dir, comment, purge_step, max_queue, flush_secs, filename_suffix)
+
+    def _get_file_writer(self) -> Any:
+        if self._tracelet_tensorboard:
+            return super()._get_file_writer()
+        if self.file_writer is None:
+            self.file_writer = _NoEventFiles(self.log_dir)
+            self.all_writers = {self.log_dir: self.file_writer}
+        return self.file_writer
+
+    @property
+    def experiment(self) -> Experiment:
+        """The :class:`~tracelet_callbacks.Experiment` this writer logs into."""
+        return self._tracelet_experiment
+
+    def flush(self) -> None:
+        super().flush()
+        self._tracelet_experiment.flush()
+
+    def close(self) -> None:
+        super().close()
+        if self._tracelet_owns:
+            self._tracelet_experiment.close("finished")
+
+
+for _name, _method in _WRAPPED.items():
+    setattr(TraceletWriter, _name, _method)
+
+_patched = False
+
+
+def patch_summary_writer() -> None:
+    """Make every ``SummaryWriter`` (already created or not) send to the active session too."""
+    global _patched
+    if _patched:
+        return
+    for name, method in _WRAPPED.items():
+        setattr(SummaryWriter, name, method)
+    _patched = True
+
+
+def unpatch_summary_writer() -> None:
+    """Give ``SummaryWriter`` its own methods back."""
+    global _patched
+    for name, original in _ORIGINALS.items():
+        setattr(SummaryWriter, name, original)
+    _patched = False
