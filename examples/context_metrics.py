@@ -17,6 +17,7 @@ import math
 import os
 
 from aim import Repo
+from aim.sdk.types import QueryReportMode
 from torch.utils.tensorboard import SummaryWriter
 
 import tracelet_callbacks as tracelet
@@ -38,7 +39,7 @@ def main() -> None:
 
     repo = os.path.abspath(os.environ.get("TRACELET_AIM_REPO", "."))
     query = f'metric.name == "loss" and run.hash == "{run_hash}"'
-    for metric in Repo(repo).query_metrics(query).iter():
+    for metric in Repo(repo).query_metrics(query, report_mode=QueryReportMode.DISABLED).iter():
         points = len(metric.values.values_list())
         print(f"metric {metric.name!r} context {metric.context.to_dict()}: {points} points")
     print(f"To browse it: cd {repo} && aim up  (http://localhost:43800)")

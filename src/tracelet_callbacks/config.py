@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -151,12 +152,12 @@ def _as_bool(raw: str) -> bool:
 def _validated(cfg: TraceletConfig) -> TraceletConfig:
     if not isinstance(cfg.buffer_size, int) or isinstance(cfg.buffer_size, bool) or cfg.buffer_size < 1:
         raise ValueError(f"tracelet: buffer_size must be a positive int, got {cfg.buffer_size!r}")
-    if not isinstance(cfg.flush_secs, (int, float)) or cfg.flush_secs <= 0:
+    if not _positive_number(cfg.flush_secs):
         raise ValueError(f"tracelet: flush_secs must be a positive number, got {cfg.flush_secs!r}")
     interval = cfg.system_tracking_interval
-    if interval is not None and (not isinstance(interval, (int, float)) or interval <= 0):
+    if interval is not None and not _positive_number(interval):
         raise ValueError(f"tracelet: system_tracking_interval must be positive or None, got {interval!r}")
-    if cfg.log_model not in (False, True, "all"):
+    if not (isinstance(cfg.log_model, bool) or cfg.log_model == "all"):
         raise ValueError(f"tracelet: log_model must be False, True or 'all', got {cfg.log_model!r}")
     if not isinstance(cfg.repo_path, (str, os.PathLike)):
         raise ValueError(f"tracelet: repo_path must be a path, got {type(cfg.repo_path).__name__}")
@@ -171,22 +172,29 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
     return cfg.replace(**changes)
 
 
+def _positive_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
+
+
 def normalise_remote(uri: str) -> str:
     """``aim://host:port`` from what users write (``http://host:port``, ``host:port``).
 
     >>> normalise_remote("http://aim-server:53800")
     'aim://aim-server:53800'
     """
-    text = str(uri).strip().rstrip("/")
+    text = str(uri).strip()
     for scheme in ("aim://", "http://", "https://"):
         if text.startswith(scheme):
-            text = text[len(scheme) :]
+            text = text[len(scheme) :].rstrip("/")
             break
     else:
         if "://" in text:
             raise ValueError(f"tracelet: remote_uri must look like aim://host:53800, got {uri!r}")
-    if not text or "/" in text:
-        raise ValueError(f"tracelet: remote_uri must look like aim://host:53800, got {uri!r}")
     if ":" not in text:
         text += ":53800"
+    host, _, port = text.rpartition(":")
+    if not host or "/" in text or not port.isdigit():
+        raise ValueError(f"tracelet: remote_uri must look like aim://host:53800, got {uri!r}")
     return f"aim://{text}"

@@ -26,12 +26,16 @@ REDACTED = "<redacted>"
 #: (counts, not secrets) are kept while ``token``, ``hub_token`` and ``HF_TOKEN`` are not.
 _SECRET_WORDS = frozenset(
     {
-        "secret", "secrets", "password", "passwd", "passphrase", "credential", "credentials",
+        "secret", "secrets", "password", "passwords", "passwd", "passphrase", "credential", "credentials",
         "apikey", "accesskey", "authorization", "bearer",
     }
 )
 _SECRET_PAIRS = frozenset({("api", "key"), ("access", "key"), ("private", "key"), ("auth", "key")})
 _TOKEN_TAIL = "token"
+#: Tokenizer settings that end in "token" but hold vocabulary entries such as "<s>", not secrets.
+_VOCABULARY_TOKENS = frozenset(
+    {"bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token"}
+)
 
 #: Whole values that are secrets wherever they appear (well-known token shapes).
 _TOKEN_VALUE = re.compile(
@@ -39,7 +43,9 @@ _TOKEN_VALUE = re.compile(
     r"|AKIA[0-9A-Z]{16}|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})$"
 )
 #: ``scheme://user:password@host`` -> the password part.
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(?P<pw>[^@\s/]+)(?P<tail>@)")
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(?P<pw>\S+)(?P<tail>@)(?=[^@\s/]+(?:[/\s?#]|$))"
+)
 _WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
 MAX_LIST_ITEMS = 64
@@ -53,7 +59,7 @@ def is_secret_key(key: Any) -> bool:
     [True, True, True, True, False]
     """
     words = [word.lower() for word in _WORDS.findall(str(key))]
-    if not words:
+    if not words or str(key).lower() in _VOCABULARY_TOKENS:
         return False
     if _SECRET_WORDS.intersection(words) or words[-1] == _TOKEN_TAIL:
         return True
@@ -102,7 +108,7 @@ def _unwrap(obj: Any) -> Any:
 
 
 def _convert(value: Any, depth: int, key: Any = None) -> Any:
-    if key is not None and is_secret_key(key) and value not in (None, ""):
+    if key is not None and is_secret_key(key) and not (value is None or (isinstance(value, str) and not value)):
         return REDACTED
     if value is None or isinstance(value, bool):
         return value
@@ -139,7 +145,8 @@ def _convert(value: Any, depth: int, key: Any = None) -> Any:
     if callable(value) and hasattr(value, "__qualname__"):
         return f"{getattr(value, '__module__', '') or ''}.{value.__qualname__}".lstrip(".")
     name = type(value).__name__
-    if name in ("dtype", "device") or type(value).__module__ in ("torch", "numpy"):
+    module = type(value).__module__ or ""
+    if name in ("dtype", "device") or module.split(".")[0] in ("torch", "numpy"):
         return str(value)
     return name
 

@@ -118,6 +118,7 @@ class RoutingTable:
         if match:
             name, context["dataloader"] = match["rest"], int(match["idx"])
 
+        name, granularity = _split_granularity(name)
         prefix = _PREFIX.match(name)
         suffix = _SUFFIX.match(name)
         if prefix and prefix["word"].lower() in self.subsets:
@@ -126,17 +127,24 @@ class RoutingTable:
         elif suffix and suffix["word"].lower() in self.subsets:
             context["subset"] = self.subsets[suffix["word"].lower()]
             name = suffix["rest"]
-
-        if name not in _KEEP_WHOLE:
-            for ending, granularity in GRANULARITY_SUFFIXES.items():
-                if name.endswith(ending) and len(name) > len(ending):
-                    name = name[: -len(ending)]
-                    context["granularity"] = granularity
-                    break
+        if granularity is None:
+            name, granularity = _split_granularity(name)
+        if granularity is not None:
+            context["granularity"] = granularity
 
         # Fixed key order keeps contexts identical however the tag was spelled.
         ordered = {key: context[key] for key in ("subset", "granularity", "dataloader") if key in context}
         return Route(name, ordered)
+
+
+def _split_granularity(name: str) -> tuple[str, str | None]:
+    """``loss_step`` -> (``loss``, ``step``); names such as ``global_step`` are left whole."""
+    if name.rsplit("/", 1)[-1] in _KEEP_WHOLE:
+        return name, None
+    for ending, granularity in GRANULARITY_SUFFIXES.items():
+        if name.endswith(ending) and len(name) > len(ending) and not name.endswith("/" + ending[1:]):
+            return name[: -len(ending)], granularity
+    return name, None
 
 
 def _as_route(value: Any) -> Route:

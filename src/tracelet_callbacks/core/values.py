@@ -125,11 +125,20 @@ def histogram_from_values(values: Any, bins: int = 64) -> tuple[list[float], tup
     if flat.size == 0:
         raise Unsupported("no finite values to make a histogram of")
     bins = max(1, min(int(bins), MAX_BINS))
-    lo, hi = float(flat.min()), float(flat.max())
-    if lo == hi:
-        lo, hi = lo - 0.5, hi + 0.5
-    counts, _ = np.histogram(flat, bins=bins, range=(lo, hi))
+    lo, hi = _widen(float(flat.min()), float(flat.max()))
+    try:
+        counts, _ = np.histogram(flat, bins=bins, range=(lo, hi))
+    except ValueError as exc:  # a span numpy cannot cut into bins (overflow near the float limits)
+        raise Unsupported(f"cannot bin values spanning [{lo}, {hi}]: {exc}") from exc
     return counts.astype(float).tolist(), (lo, hi)
+
+
+def _widen(lo: float, hi: float) -> tuple[float, float]:
+    """A range of width > 0 around a constant, wide enough to survive float rounding at any scale."""
+    if lo != hi:
+        return lo, hi
+    pad = max(0.5, abs(lo) * 1e-6)
+    return lo - pad, hi + pad
 
 
 def histogram_from_buckets(
@@ -147,8 +156,7 @@ def histogram_from_buckets(
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise Unsupported("min and max must be finite")
-    if lo == hi:
-        lo, hi = lo - 0.5, hi + 0.5
+    lo, hi = _widen(lo, hi)
     bins = min(counts.size, MAX_BINS)
     edges = np.linspace(lo, hi, bins + 1)
     where = np.clip(np.searchsorted(edges, np.clip(limits, lo, hi), side="left") - 1, 0, bins - 1)

@@ -64,9 +64,10 @@ def redacted_argv(argv: list[str]) -> list[str]:
     hide_next = False
     for arg in argv:
         if hide_next:
-            out.append(REDACTED)
             hide_next = False
-            continue
+            if not arg.startswith("-"):
+                out.append(REDACTED)
+                continue
         if arg.startswith("-"):
             option, eq, value = arg.lstrip("-").partition("=")
             if is_secret_key(option.replace("-", "_")):

@@ -38,6 +38,7 @@ class AimSink:
     def __init__(self, config: TraceletConfig) -> None:
         self.config = config
         self._run: Any = None
+        self._hash: str | None = None
         self._repo_path: str | None = None
         self._lock = threading.RLock()
         self._closed = False
@@ -58,7 +59,10 @@ class AimSink:
 
     @property
     def hash(self) -> str:
-        return self.run.hash
+        """The run hash; still known after ``close``."""
+        if self._hash is None:
+            self.open()
+        return self._hash
 
     def open(self) -> None:
         with self._lock:
@@ -67,6 +71,7 @@ class AimSink:
             if self._closed:
                 raise TraceletError("tracelet: this run is closed; start a new one to log more")
             self._run = self._create_run()
+            self._hash = self._run.hash
 
     def _create_run(self) -> Any:
         cfg = self.config

@@ -1,0 +1,184 @@
+"""Settings: keywords > config dict > TRACELET_* environment > defaults, validated once."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from tracelet_callbacks.config import ENV_VARS, FIELDS, TraceletConfig, normalise_remote, resolve
+
+
+def test_defaults_with_empty_sources() -> None:
+    cfg = resolve(env={})
+    assert cfg == TraceletConfig()
+    assert cfg.repo_path == "."
+    assert cfg.experiment_name == "Tracelet Experiments"
+    assert cfg.buffer_size == 1000
+    assert cfg.remote_uri is None
+    assert cfg.repo == "."
+
+
+def test_priority_kwargs_over_config_over_env_over_defaults() -> None:
+    env = {
+        "TRACELET_AIM_RUN_NAME": "from-env",
+        "TRACELET_AIM_EXPERIMENT": "env-experiment",
+        "TRACELET_AIM_REPO": "/env/repo",
+    }
+    cfg = resolve(
+        {"run_name": "from-kwargs"},
+        {"run_name": "from-config", "experiment_name": "config-experiment"},
+        env=env,
+    )
+    assert cfg.run_name == "from-kwargs"  # kwargs beat config and env
+    assert cfg.experiment_name == "config-experiment"  # config beats env
+    assert cfg.repo_path == "/env/repo"  # env beats the default
+    assert cfg.buffer_size == 1000  # default where nothing is given
+
+
+def test_none_kwarg_counts_as_not_given() -> None:
+    cfg = resolve({"run_name": None}, {"run_name": "from-config"}, env={"TRACELET_AIM_RUN_NAME": "e"})
+    assert cfg.run_name == "from-config"
+
+
+def test_explicit_env_ignores_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACELET_AIM_RUN_NAME", "process-env")
+    assert resolve(env={}).run_name is None
+    assert resolve(env={"TRACELET_AIM_RUN_NAME": "given"}).run_name == "given"
+
+
+def test_env_variables_all_name_real_settings() -> None:
+    assert set(ENV_VARS.values()) <= set(FIELDS)
+
+
+@pytest.mark.parametrize("where", ["kwargs", "config"])
+def test_unknown_key_names_key_lists_valid_and_suggests(where: str) -> None:
+    source = {"run_nmae": "x"}
+    with pytest.raises(ValueError) as info:
+        resolve(source if where == "kwargs" else None, source if where == "config" else None, env={})
+    message = str(info.value)
+    assert "'run_nmae'" in message
+    assert "Did you mean 'run_name'?" in message
+    for valid in FIELDS:
+        assert valid in message
+
+
+def test_unknown_key_without_close_match_still_lists_valid() -> None:
+    with pytest.raises(ValueError) as info:
+        resolve({"zzzzzz": 1}, env={})
+    assert "Did you mean" not in str(info.value)
+    assert "repo_path" in str(info.value)
+
+
+def test_config_must_be_a_mapping() -> None:
+    with pytest.raises(TypeError, match="dict"):
+        resolve(None, ["run_name"], env={})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("buffer_size", 0),
+        ("buffer_size", -5),
+        ("buffer_size", "5"),
+        ("buffer_size", 2.5),
+        ("buffer_size", True),
+        ("flush_secs", 0),
+        ("flush_secs", -1.0),
+        ("flush_secs", "5"),
+        ("log_model", "best"),
+        ("log_model", "yes"),
+        ("system_tracking_interval", 0),
+        ("system_tracking_interval", "10"),
+        ("tags", 3),
+        ("remote_uri", "ftp://host"),
+    ],
+)
+def test_invalid_values_raise(key: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=key):
+        resolve({key: value}, env={})
+
+
+@pytest.mark.parametrize("value", [False, True, "all"])
+def test_valid_log_model(value: Any) -> None:
+    assert resolve({"log_model": value}, env={}).log_model == value
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "key", "expected"),
+    [
+        ("TRACELET_AIM_TAGS", "a=1,b=2", "tags", {"a": "1", "b": "2"}),
+        ("TRACELET_AIM_TAGS", "x, y", "tags", ["x", "y"]),
+        ("TRACELET_AIM_TAGS", "a=1,y", "tags", ["a=1", "y"]),
+        ("TRACELET_STRICT", "true", "strict", True),
+        ("TRACELET_STRICT", "0", "strict", False),
+        ("TRACELET_CAPTURE_TERMINAL_LOGS", "on", "capture_terminal_logs", True),
+        ("TRACELET_SYSTEM_TRACKING_INTERVAL", "off", "system_tracking_interval", None),
+        ("TRACELET_SYSTEM_TRACKING_INTERVAL", "none", "system_tracking_interval", None),
+        ("TRACELET_SYSTEM_TRACKING_INTERVAL", "2.5", "system_tracking_interval", 2.5),
+        ("TRACELET_BUFFER_SIZE", "10", "buffer_size", 10),
+        ("TRACELET_FLUSH_SECS", " 0.5 ", "flush_secs", 0.5),
+        ("TRACELET_LOG_MODEL", "all", "log_model", "all"),
+        ("TRACELET_LOG_MODEL", "yes", "log_model", True),
+        ("TRACELET_AIM_REMOTE", "http://h:53800", "remote_uri", "aim://h:53800"),
+        ("TRACELET_AIM_RUN_HASH", "abc123", "run_hash", "abc123"),
+    ],
+)
+def test_env_parsing(variable: str, raw: str, key: str, expected: Any) -> None:
+    value = getattr(resolve(env={variable: raw}), key)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_empty_env_value_is_ignored() -> None:
+    assert resolve(env={"TRACELET_BUFFER_SIZE": "", "TRACELET_AIM_RUN_NAME": ""}) == TraceletConfig()
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [("TRACELET_STRICT", "maybe"), ("TRACELET_BUFFER_SIZE", "ten"), ("TRACELET_FLUSH_SECS", "soon")],
+)
+def test_bad_env_value_names_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(ValueError, match=variable):
+        resolve(env={variable: raw})
+
+
+def test_artifacts_folder_becomes_file_uri(tmp_path: Any) -> None:
+    folder = tmp_path / "arts"
+    cfg = resolve({"artifacts_uri": str(folder)}, env={})
+    assert cfg.artifacts_uri == "file://" + os.path.abspath(folder)
+    assert resolve({"artifacts_uri": "s3://bucket/x"}, env={}).artifacts_uri == "s3://bucket/x"
+
+
+def test_repo_path_accepts_pathlike(tmp_path: Any) -> None:
+    cfg = resolve({"repo_path": tmp_path}, env={})
+    assert cfg.repo_path == str(tmp_path)
+
+
+def test_remote_uri_is_the_repo() -> None:
+    cfg = resolve({"remote_uri": "aim-server", "repo_path": "/local"}, env={})
+    assert cfg.remote_uri == "aim://aim-server:53800"
+    assert cfg.repo == "aim://aim-server:53800"
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("http://h:53800", "aim://h:53800"),
+        ("https://h:443", "aim://h:443"),
+        ("aim://h:53800", "aim://h:53800"),
+        ("aim://h:53800/", "aim://h:53800"),
+        ("h", "aim://h:53800"),
+        ("h:1234", "aim://h:1234"),
+        ("  10.0.0.5  ", "aim://10.0.0.5:53800"),
+    ],
+)
+def test_normalise_remote(given: str, expected: str) -> None:
+    assert normalise_remote(given) == expected
+
+
+@pytest.mark.parametrize("bad", ["ftp://h", "", "h/x", "http://h:53800/api", "aim://", "aim://h:notaport"])
+def test_normalise_remote_rejects(bad: str) -> None:
+    with pytest.raises(ValueError, match="aim://host:53800"):
+        normalise_remote(bad)

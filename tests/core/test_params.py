@@ -1,0 +1,280 @@
+"""Hyperparameters -> JSON-safe nested dicts, with secrets redacted before anything is stored."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydantic
+import pytest
+
+from tracelet_callbacks.core.params import REDACTED, is_secret_key, redact_text, to_params
+from tracelet_callbacks.sink.environment import redacted_argv
+
+OPENAI_LIKE = "sk-" + "A1b2C3d4" * 5
+HF_LIKE = "hf_" + "aBcD1234" * 5
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    ONE = 1
+    PAIR = (1, 2)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    lr: float = 0.1
+    epochs: int = 3
+    out: Path = Path("/tmp/out")
+    hidden: int = dataclasses.field(default=0, repr=False)
+    optim: dict = dataclasses.field(default_factory=lambda: {"name": "adam", "betas": (0.9, 0.99)})
+
+
+class PydanticConfig(pydantic.BaseModel):
+    lr: float = 0.01
+    hub_token: str = "plain-secret"
+    layers: list[int] = [1, 2]
+
+
+class WithToDict:
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": "bert", "password": "x", "vocab_size": 30522}
+
+
+def _json_safe(value: Any) -> None:
+    assert json.loads(json.dumps(value, allow_nan=False)) == value
+
+
+# -- containers -------------------------------------------------------------------------------------
+
+
+def test_dict_and_nested_dicts() -> None:
+    params = {"lr": 1e-3, "model": {"depth": 4, "blocks": [1, (2, 3)], "opt": {"name": "sgd"}}}
+    out = to_params(params)
+    assert out == {"lr": 1e-3, "model": {"depth": 4, "blocks": [1, [2, 3]], "opt": {"name": "sgd"}}}
+    _json_safe(out)
+
+
+def test_namespace() -> None:
+    out = to_params(argparse.Namespace(lr=0.1, name="run", data=Path("/data/x")))
+    assert out == {"lr": 0.1, "name": "run", "data": "/data/x"}
+
+
+def test_dataclass_skips_repr_false_fields() -> None:
+    out = to_params(TrainConfig())
+    assert out == {
+        "lr": 0.1,
+        "epochs": 3,
+        "out": "/tmp/out",
+        "optim": {"name": "adam", "betas": [0.9, 0.99]},
+    }
+    _json_safe(out)
+
+
+def test_pydantic_model() -> None:
+    out = to_params(PydanticConfig())
+    assert out == {"lr": 0.01, "hub_token": REDACTED, "layers": [1, 2]}
+
+
+def test_object_with_to_dict() -> None:
+    assert to_params(WithToDict()) == {"model_type": "bert", "password": REDACTED, "vocab_size": 30522}
+
+
+def test_nested_containers_inside_a_dict() -> None:
+    out = to_params({"train": TrainConfig(lr=0.5), "ns": argparse.Namespace(k=1)})
+    assert out["train"]["lr"] == 0.5
+    assert out["ns"] == {"k": 1}
+
+
+# -- leaf values ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (Path("/a/b"), "/a/b"),
+        (Colour.RED, "red"),
+        (Colour.ONE, 1),
+        (Colour.PAIR, "PAIR"),
+        (np.dtype("float32"), "float32"),
+        (np.dtype("int64"), "int64"),
+        (np.int64(3), 3),
+        (np.float32(0.5), 0.5),
+        (np.bool_(True), True),
+        (float("nan"), "nan"),
+        (float("-inf"), "-inf"),
+        (np.float64("nan"), "nan"),
+        (None, None),
+        (True, True),
+        ({3, 1, 2}, [1, 2, 3]),
+        (frozenset({"b", "a"}), ["a", "b"]),
+        (np.arange(4), [0, 1, 2, 3]),
+        (np.array([[1.5, 2.5]]), [[1.5, 2.5]]),
+        (np.zeros((10, 10)), "ndarray(shape=[10, 10], dtype=float64)"),
+        (int, "builtins.int"),
+        (object(), "object"),
+    ],
+    ids=repr,
+)
+def test_leaf_values(value: Any, expected: Any) -> None:
+    out = to_params({"v": value})["v"]
+    assert out == expected
+    assert type(out) is type(expected)
+    _json_safe({"v": out})
+
+
+def test_long_lists_are_truncated() -> None:
+    out = to_params({"ids": list(range(100))})["ids"]
+    assert out[:64] == list(range(64))
+    assert len(out) == 65
+    assert out[-1] == "... 36 more"
+
+
+# -- secrets ----------------------------------------------------------------------------------------
+
+SECRET_KEYS = [
+    "token",
+    "hub_token",
+    "HF_TOKEN",
+    "api_key",
+    "apiKey",
+    "OPENAI_API_KEY",
+    "aws_secret_access_key",
+    "db_password",
+    "passwd",
+    "credentials",
+    "private_key",
+    "access_token",
+    "client_secret",
+    "Authorization",
+]
+HARMLESS_KEYS = [
+    "pad_token_id",
+    "max_tokens",
+    "num_tokens",
+    "tokenizer_name",
+    "learning_rate",
+    "key_dim",
+    "max_new_tokens",
+    "token_id",
+]
+
+
+@pytest.mark.parametrize("key", SECRET_KEYS)
+def test_secret_keys_redacted(key: str) -> None:
+    assert is_secret_key(key)
+    out = to_params({key: "s3cr3t-value", "lr": 0.1})
+    assert out == {key: REDACTED, "lr": 0.1}
+    assert "s3cr3t" not in json.dumps(out)
+
+
+@pytest.mark.parametrize("key", HARMLESS_KEYS)
+def test_harmless_keys_kept(key: str) -> None:
+    assert not is_secret_key(key)
+    assert to_params({key: 42}) == {key: 42}
+
+
+@pytest.mark.parametrize("value", [12345, 0.5, False, {"user": "u", "pass": "p"}, ["a", "b"]], ids=repr)
+def test_secret_key_redacts_any_value_type(value: Any) -> None:
+    assert to_params({"api_key": value}) == {"api_key": REDACTED}
+
+
+def test_secret_key_with_array_value_is_redacted() -> None:
+    # an array must not be compared with == against None / "" (ambiguous truth value)
+    assert to_params({"private_key": np.arange(3)}) == {"private_key": REDACTED}
+
+
+def test_empty_secret_values_are_left_as_they_are() -> None:
+    assert to_params({"token": None, "hub_token": ""}) == {"token": None, "hub_token": ""}
+
+
+def test_nested_secrets_redacted_at_any_depth() -> None:
+    params = {
+        "a": {"b": {"c": {"hub_token": "deep-one"}}},
+        "list": [{"api_key": "in-a-list"}, {"ok": 1}],
+        "ns": argparse.Namespace(db_password="in-a-namespace"),
+    }
+    out = to_params(params)
+    assert out["a"]["b"]["c"]["hub_token"] == REDACTED
+    assert out["list"] == [{"api_key": REDACTED}, {"ok": 1}]
+    assert out["ns"] == {"db_password": REDACTED}
+    text = json.dumps(out)
+    assert "deep-one" not in text and "in-a-list" not in text and "in-a-namespace" not in text
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("postgresql://u:pw@h/db", ["postgresql://u:", "@h/db"]),
+        ("redis://:pw@cache:6379/0", ["redis://:", "@cache:6379/0"]),
+        ("https://alice:pw@example.com/path", ["alice", "example.com/path"]),
+        ("see mysql://bob:pw@db.local/x for details", ["bob", "db.local", "for details"]),
+    ],
+)
+def test_url_passwords_replaced(url: str, kept: list[str]) -> None:
+    out = to_params({"database_url": url})["database_url"]
+    assert ":pw@" not in out
+    assert REDACTED in out
+    for part in kept:
+        assert part in out
+
+
+def test_urls_without_password_unchanged() -> None:
+    for text in ("https://example.com/a@b", "http://host:8080/x", "user@example.com"):
+        assert redact_text(text) == text
+
+
+@pytest.mark.parametrize("value", [OPENAI_LIKE, HF_LIKE, "ghp_" + "x1Y2" * 6, "AKIA" + "ABCDEFGHIJ123456"])
+def test_token_shaped_values_redacted_under_harmless_keys(value: str) -> None:
+    out = to_params({"model_name": value, "notes": [value], "nested": {"x": value}})
+    assert out == {"model_name": REDACTED, "notes": [REDACTED], "nested": {"x": REDACTED}}
+
+
+@pytest.mark.parametrize("value", ["sk-abc", "hf_short", "bert-base-uncased", "gpt2"])
+def test_short_or_ordinary_strings_kept(value: str) -> None:
+    assert to_params({"model_name": value}) == {"model_name": value}
+
+
+# -- the command line -------------------------------------------------------------------------------
+
+
+def test_redacted_argv() -> None:
+    argv = [
+        "train.py",
+        "--hub_token",
+        "plain-value",
+        "--api-key=abc",
+        "--HF_TOKEN=",
+        "--lr",
+        "0.1",
+        "--pad_token_id",
+        "0",
+        "--db",
+        "postgresql://u:pw@h/db",
+        HF_LIKE,
+    ]
+    out = redacted_argv(argv)
+    assert out == [
+        "train.py",
+        "--hub_token",
+        REDACTED,
+        f"--api-key={REDACTED}",
+        f"--HF_TOKEN={REDACTED}",
+        "--lr",
+        "0.1",
+        "--pad_token_id",
+        "0",
+        "--db",
+        f"postgresql://u:{REDACTED}@h/db",
+        REDACTED,
+    ]
+    assert argv[2] == "plain-value"  # the input list is not modified
+
+
+def test_redacted_argv_trailing_secret_flag() -> None:
+    assert redacted_argv(["x.py", "--token"]) == ["x.py", "--token"]
