@@ -1,8 +1,10 @@
 """A small learning-rate sweep: one AIM run per learning rate, ready to compare in one chart.
 
 Each ``start_logging`` / ``stop_logging`` pair makes a separate run. The learning rate is passed
-as a tag, so it is also a run param: in the AIM Metrics explorer, query ``metric.name == "loss"``
-and colour or group by ``run.learning_rate`` to put the three loss curves side by side.
+as a tag, so each run carries both the AIM tag ``learning_rate=0.01`` and the run param
+``tags.learning_rate``: in the AIM Metrics explorer, query ``metric.name == "loss"`` and colour by
+that param to put the three loss curves side by side, or select runs with a query such as
+``run["tags"]["learning_rate"] >= 0.01``.
 
 Run it from any folder:
 

@@ -45,7 +45,7 @@ def main() -> None:
 
     repo = os.path.abspath(REPO_PATH)
     print(f"Logged run 'baseline_run'. To browse it: aim up --repo {repo}  (http://localhost:43800)")
-    print('Find it by tag in the Runs page with: run.dataset == "cifar10"')
+    print('Find it by tag with the query: "dataset=cifar10" in run.tags')
 
 
 if __name__ == "__main__":

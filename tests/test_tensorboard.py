@@ -317,12 +317,18 @@ def test_hparams_through_a_patched_writer_store_the_metric_once(repo_dir: Path, 
     writer = SummaryWriter(log_dir=str(repo_dir / "tb"))
     writer.add_hparams({"lr": 0.1}, {"hparam/accuracy": 0.9})  # no step: AIM numbers the points
     writer.close()
+    own = _writer(repo, log_dir=str(repo_dir / "tb_own"), tensorboard=True)  # its own run
+    own.add_hparams({"lr": 0.2}, {"hparam/own": 0.5})
+    own_hash = own.experiment.hash
+    own.close()
     run_hash = exp.hash
     tracelet.stop_logging()
 
     # SummaryWriter.add_hparams writes its metrics through a child SummaryWriter; that child must
-    # not send them to AIM a second time
+    # not send them to AIM a second time, nor into the session's run when the writer has its own
     assert list(series(repo, "hparam/accuracy", {}, run_hash).values()) == [0.9]
+    assert list(series(repo, "hparam/own", {}, own_hash).values()) == [0.5]
+    assert series(repo, "hparam/own", None, run_hash) == {}
     assert read_run(repo, run_hash)["hparams"] == {"lr": 0.1}
 
 

@@ -1,0 +1,75 @@
+"""However a training script ends, what it logged is in the repo and the run says how it ended."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import open_repo, series
+
+pytestmark = pytest.mark.slow
+
+PRELUDE = """
+import os, signal, sys
+import tracelet_callbacks as tracelet
+exp = tracelet.start_logging(exp_name="job", backend="aim")
+for step in range(20):
+    exp.log_metric("train/loss", 1.0 / (step + 1), step)
+"""
+
+
+def run_script(repo_dir: Path, ending: str) -> subprocess.CompletedProcess:
+    code = textwrap.dedent(PRELUDE) + textwrap.dedent(ending)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=repo_dir, capture_output=True, text=True, timeout=120
+    )
+
+
+def only_run(repo_dir: Path):
+    (run,) = open_repo(repo_dir).iter_runs()
+    return run
+
+
+@pytest.mark.parametrize(
+    ("ending", "status", "returncode"),
+    [
+        ("tracelet.stop_logging()\n", "finished", 0),
+        ("# the script forgets stop_logging\n", "finished", 0),
+        ("raise RuntimeError('diverged')\n", "failed", 1),
+        ("raise KeyboardInterrupt\n", "interrupted", 1),
+        ("os.kill(os.getpid(), signal.SIGTERM)\nimport time; time.sleep(30)\n", "interrupted", -signal.SIGTERM),
+    ],
+    ids=["stop_logging", "no-stop", "exception", "ctrl-c", "sigterm"],
+)
+def test_every_ending_keeps_values_and_records_status(
+    repo_dir: Path, ending: str, status: str, returncode: int
+) -> None:
+    done = run_script(repo_dir, ending)
+    assert done.returncode == returncode, done.stderr
+    run = only_run(repo_dir)
+    assert run["status"] == status
+    assert not run.active
+    assert len(series(repo_dir, "loss", {"subset": "train"})) == 20
+
+
+def test_a_sigterm_handler_of_the_user_still_runs(repo_dir: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import os, signal, sys
+        seen = []
+        signal.signal(signal.SIGTERM, lambda *a: seen.append("user handler"))
+        import tracelet_callbacks as tracelet
+        exp = tracelet.start_logging(exp_name="job2", backend="aim")
+        exp.log_metric("loss", 1.0, 0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        print(seen, exp.status)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo_dir, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "['user handler'] interrupted" in out.stdout
