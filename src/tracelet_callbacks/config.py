@@ -36,7 +36,8 @@ class TraceletConfig:
         artifacts_uri: where artifacts are copied (``file://...`` or ``s3://...``); default: a folder
             ``aim-artifacts`` beside the repo.
         flush_secs: the longest a logged value waits before it is written.
-        system_tracking_interval: seconds between CPU / GPU / memory samples; ``None`` turns it off.
+        system_tracking_interval: seconds between CPU / GPU / memory samples; ``None``, ``0`` or ``"off"``
+            turns it off.
         capture_terminal_logs: also store the process's stdout / stderr in the run (off by default: a
             shared UI is no place for whatever a script prints).
         log_model: ``False``, ``True`` (best and last checkpoints at the end) or ``"all"`` (each).
@@ -69,6 +70,11 @@ class TraceletConfig:
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TraceletConfig))
+
+#: Settings for which ``None`` is a meaningful value (no remote, no system tracking ...).
+_NULLABLE = frozenset(
+    {f.name for f in dataclasses.fields(TraceletConfig) if f.default is None} | {"system_tracking_interval"}
+)
 
 #: Environment variable -> setting, for jobs whose code cannot be edited.
 ENV_VARS: dict[str, str] = {
@@ -106,13 +112,15 @@ def resolve(
         raw = env.get(variable)
         if raw not in (None, ""):
             merged[key] = _from_env(key, raw, variable)
-    for source in (config or {}), (kwargs or {}):
+    # In a config dict an explicit None is a value ("no system tracking"); a keyword left at None
+    # is simply not given.
+    for source, none_counts in ((config or {}), True), ((kwargs or {}), False):
         if not isinstance(source, Mapping):
             raise TypeError(f"tracelet: config must be a dict, got {type(source).__name__}")
         for key, value in source.items():
             if key not in FIELDS:
                 raise unknown_key_error(str(key))
-            if value is not None:
+            if value is not None or (none_counts and key in _NULLABLE):
                 merged[key] = value
     return _validated(TraceletConfig(**merged))
 
@@ -155,13 +163,15 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
     if not _positive_number(cfg.flush_secs):
         raise ValueError(f"tracelet: flush_secs must be a positive number, got {cfg.flush_secs!r}")
     interval = cfg.system_tracking_interval
+    if interval is False or interval == 0 or interval == "off":
+        interval = None
     if interval is not None and not _positive_number(interval):
         raise ValueError(f"tracelet: system_tracking_interval must be positive or None, got {interval!r}")
     if not (isinstance(cfg.log_model, bool) or cfg.log_model == "all"):
         raise ValueError(f"tracelet: log_model must be False, True or 'all', got {cfg.log_model!r}")
     if not isinstance(cfg.repo_path, (str, os.PathLike)):
         raise ValueError(f"tracelet: repo_path must be a path, got {type(cfg.repo_path).__name__}")
-    changes: dict[str, Any] = {"repo_path": os.fspath(cfg.repo_path)}
+    changes: dict[str, Any] = {"repo_path": os.fspath(cfg.repo_path), "system_tracking_interval": interval}
     if cfg.remote_uri is not None:
         changes["remote_uri"] = normalise_remote(cfg.remote_uri)
     if cfg.tags is not None and not isinstance(cfg.tags, (Mapping, list, tuple, set, str)):

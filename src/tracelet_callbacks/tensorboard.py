@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -97,8 +98,15 @@ _ORIGINALS: dict[str, Callable] = {
 }
 
 
+#: Set while TensorBoard's own method runs: what it calls internally (``add_hparams`` opens a child
+#: writer and calls its ``add_scalar``) must not be translated a second time.
+_inside_tensorboard = threading.local()
+
+
 def _active_translator(writer: SummaryWriter) -> Translator | None:
     """Where this writer's values go: its own experiment, else the ``start_logging`` session."""
+    if getattr(_inside_tensorboard, "active", False):
+        return None
     own = writer.__dict__.get("_tracelet_experiment")
     if own is not None:
         return own.translator
@@ -112,6 +120,8 @@ def _tensorboard_call(writer: SummaryWriter, name: str, call: Callable[[], Any],
     """Run the real TensorBoard method; its failure on a strange value must not stop training."""
     if not writer.__dict__.get("_tracelet_tensorboard", True):
         return None
+    outer = getattr(_inside_tensorboard, "active", False)
+    _inside_tensorboard.active = True
     try:
         return call()
     except Exception as exc:
@@ -120,6 +130,8 @@ def _tensorboard_call(writer: SummaryWriter, name: str, call: Callable[[], Any],
         warnings.warn(f"tracelet: TensorBoard's {name} failed ({exc!r}); the value is skipped there",
                       TraceletWarning, stacklevel=3)
         return None
+    finally:
+        _inside_tensorboard.active = outer
 
 
 def _add_scalar(self: SummaryWriter, tag: str, scalar_value: Any, global_step: Any = None, walltime: Any = None,
@@ -160,9 +172,18 @@ def _wrap(name: str, forward: Forward) -> Callable:
             raise
         except Exception as exc:  # a bug of ours or an odd argument: say so, keep training
             translator.skip(str(arguments.get("tag", name)), f"{name} could not be converted: {exc!r}", name)
+        if name == "add_figure" and arguments.get("close") and not self.__dict__.get("_tracelet_tensorboard", True):
+            _close_figures(arguments["figure"])  # TensorBoard's add_figure would have closed them
         return _tensorboard_call(self, name, lambda: original(**arguments), translator.strict)
 
     return method
+
+
+def _close_figures(figure: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    for item in figure if isinstance(figure, (list, tuple)) else [figure]:
+        plt.close(item)
 
 
 _WRAPPED: dict[str, Callable] = {"add_scalar": _add_scalar}

@@ -89,7 +89,7 @@ def test_config_must_be_a_mapping() -> None:
         ("flush_secs", "5"),
         ("log_model", "best"),
         ("log_model", "yes"),
-        ("system_tracking_interval", 0),
+        ("system_tracking_interval", -1),
         ("system_tracking_interval", "10"),
         ("tags", 3),
         ("remote_uri", "ftp://host"),
@@ -182,3 +182,13 @@ def test_normalise_remote(given: str, expected: str) -> None:
 def test_normalise_remote_rejects(bad: str) -> None:
     with pytest.raises(ValueError, match="aim://host:53800"):
         normalise_remote(bad)
+
+
+@pytest.mark.parametrize("off", [None, 0, False, "off"])
+def test_system_tracking_can_be_turned_off_in_config(off: object) -> None:
+    assert resolve(config={"system_tracking_interval": off}, env={}).system_tracking_interval is None
+
+
+def test_none_in_config_keeps_required_defaults() -> None:
+    cfg = resolve(config={"repo_path": None, "remote_uri": None}, env={"TRACELET_AIM_REMOTE": "aim://h:1"})
+    assert cfg.repo_path == "." and cfg.remote_uri is None
