@@ -46,7 +46,7 @@ def series(path: Path | str, name: str, context: dict | None = None, run_hash: s
         if context is not None and metric.context.to_dict() != context:
             continue
         steps, columns = metric.data.items_list()
-        found.update(zip(steps, columns[0]))
+        found.update(zip(steps, columns[0], strict=True))
     return found
 
 

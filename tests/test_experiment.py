@@ -96,7 +96,11 @@ def test_secrets_are_stored_nowhere(repo_dir: Path) -> None:
     with tracelet.Experiment(tags={"team": "nlp", "wandb_api_key": "k-9911"}) as exp:
         exp.log_params({"api_key": "sk-123", "db": "postgresql://u:pw@h/db", "hub_token": "hf_qwerty"})
     params = read_run(repo_dir, exp.hash)["hparams"]
-    assert params == {"api_key": "<redacted>", "db": "postgresql://u:<redacted>@h/db", "hub_token": "<redacted>"}
+    assert params == {
+        "api_key": "<redacted>",
+        "db": "postgresql://u:<redacted>@h/db",
+        "hub_token": "<redacted>",
+    }
     for path in repo_dir.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
@@ -169,7 +173,7 @@ def test_repo_path_under_a_file_names_the_path(repo_dir: Path) -> None:
 def test_start_logging_errors(repo_dir: Path) -> None:
     with pytest.raises(ValueError, match="'aim'"):
         tracelet.start_logging(backend="wandb")
-    with pytest.raises(ValueError, match="repo_pth.*repo_path"):
+    with pytest.raises(ValueError, match=r"repo_pth.*repo_path"):
         tracelet.start_logging(backend="aim", config={"repo_pth": "."})
     tracelet.stop_logging()  # no session: nothing happens
     assert tracelet.get_active_experiment() is None

@@ -42,7 +42,11 @@ def only_run(repo_dir: Path):
         ("# the script forgets stop_logging\n", "finished", 0),
         ("raise RuntimeError('diverged')\n", "failed", 1),
         ("raise KeyboardInterrupt\n", "interrupted", 1),
-        ("os.kill(os.getpid(), signal.SIGTERM)\nimport time; time.sleep(30)\n", "interrupted", -signal.SIGTERM),
+        (
+            "os.kill(os.getpid(), signal.SIGTERM)\nimport time; time.sleep(30)\n",
+            "interrupted",
+            -signal.SIGTERM,
+        ),
     ],
     ids=["stop_logging", "no-stop", "exception", "ctrl-c", "sigterm"],
 )
@@ -70,6 +74,8 @@ def test_a_sigterm_handler_of_the_user_still_runs(repo_dir: Path) -> None:
         print(seen, exp.status)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=repo_dir, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo_dir, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert "['user handler'] interrupted" in out.stdout

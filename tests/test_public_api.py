@@ -66,6 +66,8 @@ def test_start_logging_works_without_tensorboard(tmp_path) -> None:
         "t.stop_logging()\n"
         "print(exp.status)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("finished")

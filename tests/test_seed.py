@@ -23,7 +23,7 @@ def seed_block(heading: str, index: int = 0) -> str:
     text = SEED.read_text()
     start = re.search(rf"^#+ {re.escape(heading)}\s*$", text, flags=re.M)
     assert start, f"no heading {heading!r} in the seed"
-    rest = text[start.end():]
+    rest = text[start.end() :]
     blocks = re.findall(r"```python\n(.*?)```", rest, flags=re.S)
     code = blocks[index]
     return code.replace("import tracelet\n", "import tracelet_callbacks as tracelet\n")

@@ -101,8 +101,15 @@ def test_histograms_become_distributions(repo_dir: Path, shared_repo: Path) -> N
         writer.add_histogram("weights/tensor", torch.arange(100, dtype=torch.float32), 1)
         writer.add_histogram("model/weights", model.parameters(), 2)  # a one-shot generator
         writer.add_histogram_raw(
-            "raw", min=0.0, max=4.0, num=10, sum=20.0, sum_squares=50.0,
-            bucket_limits=[1.0, 2.0, 3.0, 4.0], bucket_counts=[1, 2, 3, 4], global_step=3,
+            "raw",
+            min=0.0,
+            max=4.0,
+            num=10,
+            sum=20.0,
+            sum_squares=50.0,
+            bucket_limits=[1.0, 2.0, 3.0, 4.0],
+            bucket_counts=[1, 2, 3, 4],
+            global_step=3,
         )
     assert _tracelet_warnings(caught) == []
     run_hash = writer.experiment.hash

@@ -57,10 +57,13 @@ def __getattr__(name: str) -> Any:
     try:
         module = importlib.import_module(module_name, __name__)
     except ModuleNotFoundError as exc:
-        if module_name == ".lightning" or module_name == ".hf" or module_name == ".accelerate":
-            if exc.name == f"tracelet_callbacks{module_name}":
-                raise ModuleNotFoundError(f"{name} is not built yet in this version of tracelet-callbacks") from exc
-        raise ModuleNotFoundError(f'{name} needs an extra: pip install "tracelet-callbacks[{extra}]"') from exc
+        if exc.name == f"{__name__}{module_name}":  # the adapter module itself is missing
+            raise ModuleNotFoundError(
+                f"{name} is not part of this version of tracelet-callbacks yet"
+            ) from exc
+        raise ModuleNotFoundError(
+            f'{name} needs an extra: pip install "tracelet-callbacks[{extra}]"'
+        ) from exc
     return getattr(module, name)
 
 

@@ -39,7 +39,9 @@ class Experiment:
         exp.close()
     """
 
-    def __init__(self, config: Mapping[str, Any] | None = None, *, enabled: bool = True, **settings: Any) -> None:
+    def __init__(
+        self, config: Mapping[str, Any] | None = None, *, enabled: bool = True, **settings: Any
+    ) -> None:
         self.config: TraceletConfig = resolve(settings, config)
         self.enabled = enabled
         self._sink: Any = None
@@ -95,7 +97,7 @@ class Experiment:
             self._sink.flush()
 
     def close(self, status: str = "finished") -> None:
-        """Flush, record ``status`` (``finished`` / ``failed`` / ``interrupted`` / ``killed``), close, index."""
+        """Flush, record ``status`` (``finished``, ``failed``, ``interrupted``, ``killed``), close, index."""
         with self._lock:
             if self._closed:
                 return
@@ -135,7 +137,9 @@ class Experiment:
         if self.enabled:
             self.translator.scalar(name, value, iteration, epoch, context)
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, *, epoch: int | None = None) -> None:
+    def log_metrics(
+        self, metrics: Mapping[str, Any], step: int | None = None, *, epoch: int | None = None
+    ) -> None:
         """Many scalars at one step."""
         if self.enabled:
             self.translator.scalars(metrics, step, epoch)
@@ -191,7 +195,7 @@ class RunHandle:
         *,
         context: Mapping[str, Any] | None = None,
     ) -> None:
-        """Track a number, tensor or aim object under ``name`` exactly (no routing), like ``aim.Run.track``."""
+        """Track a number, tensor or aim object under ``name`` as given (no routing), as ``aim.Run.track``."""
         exp = self._exp
         if not exp.enabled:
             return

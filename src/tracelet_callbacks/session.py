@@ -70,14 +70,16 @@ def start_logging(
     global _active
     if not isinstance(backend, str) or backend.lower() not in SUPPORTED_BACKENDS:
         raise ValueError(
-            f"tracelet: unknown backend {backend!r}; supported: {', '.join(repr(b) for b in SUPPORTED_BACKENDS)}"
+            f"tracelet: unknown backend {backend!r}; supported: "
+            + ", ".join(repr(b) for b in SUPPORTED_BACKENDS)
         )
     named = {key: value for key, value in (("run_name", exp_name), ("experiment_name", project)) if value}
     resolved = resolve(settings, {**named, **(config or {})})
     with _lock:
         if _active is not None:
             warnings.warn(
-                "tracelet: start_logging called while a session is active; the previous run is finished first",
+                "tracelet: start_logging called while a session is active; "
+                "the previous run is finished first",
                 TraceletWarning,
                 stacklevel=2,
             )
@@ -110,7 +112,9 @@ def stop_logging(status: str = "finished") -> None:
 
 
 def _tensorboard_available() -> bool:
-    return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("tensorboard") is not None
+    return (
+        importlib.util.find_spec("torch") is not None and importlib.util.find_spec("tensorboard") is not None
+    )
 
 
 def _patch_writers() -> None:

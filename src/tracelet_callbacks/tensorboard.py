@@ -14,16 +14,16 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import TraceletValueError, TraceletWarning
-from .experiment import Experiment
 from .core.translator import Translator
 from .core.values import Unsupported, flatten_values, is_tensor
+from .errors import TraceletValueError, TraceletWarning
+from .experiment import Experiment
 
 try:
     from torch.utils.tensorboard import SummaryWriter
 except ImportError as exc:  # torch or tensorboard missing
     raise ModuleNotFoundError(
-        "TraceletWriter needs torch and tensorboard: pip install \"tracelet-callbacks[tensorboard]\""
+        'TraceletWriter needs torch and tensorboard: pip install "tracelet-callbacks[tensorboard]"'
     ) from exc
 
 __all__ = ["TraceletWriter"]
@@ -32,7 +32,9 @@ Forward = Callable[[Translator, dict], Any]
 
 
 def _scalars(t: Translator, a: dict) -> None:
-    t.scalars({f"{a['main_tag']}/{key}": value for key, value in a["tag_scalar_dict"].items()}, a["global_step"])
+    t.scalars(
+        {f"{a['main_tag']}/{key}": value for key, value in a["tag_scalar_dict"].items()}, a["global_step"]
+    )
 
 
 def _hparams(t: Translator, a: dict) -> None:
@@ -50,7 +52,9 @@ def _tensor(t: Translator, a: dict) -> None:
 
 def _graph(t: Translator, a: dict) -> None:
     model = a["model"]
-    t.params({"class": f"{type(model).__module__}.{type(model).__qualname__}", "graph": repr(model)}, key="model")
+    t.params(
+        {"class": f"{type(model).__module__}.{type(model).__qualname__}", "graph": repr(model)}, key="model"
+    )
 
 
 def _boxes(t: Translator, a: dict) -> None:
@@ -94,7 +98,9 @@ _FORWARDS: dict[str, Forward] = {
 
 #: The real methods, captured before anything is patched.
 _ORIGINALS: dict[str, Callable] = {
-    name: SummaryWriter.__dict__[name] for name in ["add_scalar", *_FORWARDS] if name in SummaryWriter.__dict__
+    name: SummaryWriter.__dict__[name]
+    for name in ["add_scalar", *_FORWARDS]
+    if name in SummaryWriter.__dict__
 }
 
 
@@ -127,23 +133,35 @@ def _tensorboard_call(writer: SummaryWriter, name: str, call: Callable[[], Any],
     except Exception as exc:
         if strict:
             raise TraceletValueError(f"tracelet: TensorBoard's {name} failed: {exc}") from exc
-        warnings.warn(f"tracelet: TensorBoard's {name} failed ({exc!r}); the value is skipped there",
-                      TraceletWarning, stacklevel=3)
+        warnings.warn(
+            f"tracelet: TensorBoard's {name} failed ({exc!r}); the value is skipped there",
+            TraceletWarning,
+            stacklevel=3,
+        )
         return None
     finally:
         _inside_tensorboard.active = outer
 
 
-def _add_scalar(self: SummaryWriter, tag: str, scalar_value: Any, global_step: Any = None, walltime: Any = None,
-                new_style: bool = False, double_precision: bool = False) -> None:
+def _add_scalar(
+    self: SummaryWriter,
+    tag: str,
+    scalar_value: Any,
+    global_step: Any = None,
+    walltime: Any = None,
+    new_style: bool = False,
+    double_precision: bool = False,
+) -> None:
     translator = _active_translator(self)
     if translator is not None and not translator.scalar(tag, scalar_value, global_step):
         return  # skipped with a warning; TensorBoard would have raised on it
     strict = translator.strict if translator is not None else False
     original = _ORIGINALS["add_scalar"]
     _tensorboard_call(
-        self, "add_scalar",
-        lambda: original(self, tag, scalar_value, global_step, walltime, new_style, double_precision), strict,
+        self,
+        "add_scalar",
+        lambda: original(self, tag, scalar_value, global_step, walltime, new_style, double_precision),
+        strict,
     )
 
 
@@ -159,7 +177,9 @@ def _wrap(name: str, forward: Forward) -> Callable:
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
-        if name == "add_histogram" and not (is_tensor(arguments["values"]) or hasattr(arguments["values"], "dtype")):
+        if name == "add_histogram" and not (
+            is_tensor(arguments["values"]) or hasattr(arguments["values"], "dtype")
+        ):
             # model.parameters() is a one-shot generator that TensorBoard itself cannot read: read it once
             try:
                 arguments["values"] = flatten_values(arguments["values"])
@@ -172,7 +192,11 @@ def _wrap(name: str, forward: Forward) -> Callable:
             raise
         except Exception as exc:  # a bug of ours or an odd argument: say so, keep training
             translator.skip(str(arguments.get("tag", name)), f"{name} could not be converted: {exc!r}", name)
-        if name == "add_figure" and arguments.get("close") and not self.__dict__.get("_tracelet_tensorboard", True):
+        if (
+            name == "add_figure"
+            and arguments.get("close")
+            and not self.__dict__.get("_tracelet_tensorboard", True)
+        ):
             _close_figures(arguments["figure"])  # TensorBoard's add_figure would have closed them
         return _tensorboard_call(self, name, lambda: original(**arguments), translator.strict)
 

@@ -26,8 +26,18 @@ REDACTED = "<redacted>"
 #: (counts, not secrets) are kept while ``token``, ``hub_token`` and ``HF_TOKEN`` are not.
 _SECRET_WORDS = frozenset(
     {
-        "secret", "secrets", "password", "passwords", "passwd", "passphrase", "credential", "credentials",
-        "apikey", "accesskey", "authorization", "bearer",
+        "secret",
+        "secrets",
+        "password",
+        "passwords",
+        "passwd",
+        "passphrase",
+        "credential",
+        "credentials",
+        "apikey",
+        "accesskey",
+        "authorization",
+        "bearer",
     }
 )
 _SECRET_PAIRS = frozenset({("api", "key"), ("access", "key"), ("private", "key"), ("auth", "key")})
@@ -108,7 +118,11 @@ def _unwrap(obj: Any) -> Any:
 
 
 def _convert(value: Any, depth: int, key: Any = None) -> Any:
-    if key is not None and is_secret_key(key) and not (value is None or (isinstance(value, str) and not value)):
+    if (
+        key is not None
+        and is_secret_key(key)
+        and not (value is None or (isinstance(value, str) and not value))
+    ):
         return REDACTED
     if value is None or isinstance(value, bool):
         return value

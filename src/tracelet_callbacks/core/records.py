@@ -138,4 +138,4 @@ class Native:
     context: Context = field(default_factory=dict)
 
 
-Record = Union[Scalar, Histogram, Images, Text, Audio, Params, Tags, RunInfo, Artifact, Native]
+Record = Union[Scalar, Histogram, Images, Text, Audio, Params, Tags, RunInfo, Artifact, Native]  # noqa: UP007

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 __all__ = ["DEFAULT_TABLE", "Route", "RoutingTable", "route"]
 
@@ -57,7 +57,7 @@ _DATALOADER = re.compile(r"^(?P<rest>.+)/dataloader_idx_(?P<idx>\d+)$")
 _PREFIX = re.compile(r"^(?P<word>[A-Za-z]+)(?P<sep>[/_])(?P<rest>.+)$")
 _SUFFIX = re.compile(r"^(?P<rest>.+)/(?P<word>[A-Za-z]+)$")
 
-RouteFn = Callable[[str], Union[Route, tuple, None]]
+RouteFn = Callable[[str], Route | tuple | None]
 
 
 class RoutingTable:

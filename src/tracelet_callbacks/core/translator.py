@@ -216,7 +216,9 @@ class Translator:
         name, where = self._where(tag, None)
         self.sink.submit([rec.Text(name, text, _int_or_none(step), None, where)])
 
-    def audio(self, tag: str, samples: Any, step: Any = None, sample_rate: int = 44100, caption: str = "") -> None:
+    def audio(
+        self, tag: str, samples: Any, step: Any = None, sample_rate: int = 44100, caption: str = ""
+    ) -> None:
         try:
             wav = audio_to_wav(samples, sample_rate)
         except Unsupported as exc:
@@ -297,7 +299,9 @@ def artifact_names(path: str | os.PathLike, artifact_path: str | None = None) ->
             for file in sorted(files):
                 full = os.path.join(root, file)
                 relative = os.path.relpath(full, source).replace(os.sep, "/")
-                pairs.append((full, posixpath.join(folder, base, relative) if folder else f"{base}/{relative}"))
+                pairs.append(
+                    (full, posixpath.join(folder, base, relative) if folder else f"{base}/{relative}")
+                )
         return pairs
     name = os.path.basename(source)
     return [(source, posixpath.join(folder, name) if folder else name)]

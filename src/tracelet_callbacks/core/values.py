@@ -20,9 +20,9 @@ import numpy as np
 __all__ = [
     "Unsupported",
     "audio_to_wav",
+    "draw_boxes",
     "figure_to_pixels",
     "flatten_values",
-    "draw_boxes",
     "histogram_from_buckets",
     "histogram_from_values",
     "image_to_pixels",
@@ -183,9 +183,7 @@ def image_to_pixels(image: Any, dataformats: str = "CHW") -> np.ndarray:
         array = np.transpose(array, (1, 2, 0))
     if array.ndim == 3:
         channels = array.shape[2]
-        if channels == 1:
-            array = array[:, :, 0]
-        elif channels == 2:  # grey + alpha is unusual; keep the grey channel
+        if channels == 1 or channels == 2:
             array = array[:, :, 0]
         elif channels not in (3, 4):
             raise Unsupported(f"expected 1, 3 or 4 channels, got {channels}")

@@ -75,7 +75,7 @@ class AimSink:
 
     def _create_run(self) -> Any:
         cfg = self.config
-        import aim  # noqa: PLC0415 - aim's import costs ~1 s; only pay it when a run is opened
+        import aim
 
         if cfg.remote_uri:
             _check_server(cfg.remote_uri)
@@ -138,8 +138,11 @@ class AimSink:
     def submit(self, records: Iterable[rec.Record]) -> None:
         with self._lock:
             if self._closed:
-                warnings.warn("tracelet: a value was logged after the run was closed; it is dropped",
-                              TraceletWarning, stacklevel=3)
+                warnings.warn(
+                    "tracelet: a value was logged after the run was closed; it is dropped",
+                    TraceletWarning,
+                    stacklevel=3,
+                )
                 return
             run = self.run
             for record in records:
@@ -147,15 +150,18 @@ class AimSink:
                     self._write(run, record)
                 except Exception as exc:
                     if isinstance(record, rec.Artifact):  # an explicit call: answer it, not the log
-                        raise TraceletError(f"tracelet: storing artifact {record.name!r} failed: {exc}") from exc
+                        raise TraceletError(
+                            f"tracelet: storing artifact {record.name!r} failed: {exc}"
+                        ) from exc
                     self._report_failure(record, exc)
 
     def _report_failure(self, record: rec.Record, exc: Exception) -> None:
         self._failures += 1
         if self._failures == 1:
             log.error("tracelet: writing %s to AIM failed: %s (training goes on)", type(record).__name__, exc)
-            warnings.warn(f"tracelet: writing to AIM failed: {exc!r}; training goes on", TraceletWarning,
-                          stacklevel=4)
+            warnings.warn(
+                f"tracelet: writing to AIM failed: {exc!r}; training goes on", TraceletWarning, stacklevel=4
+            )
 
     @property
     def failures(self) -> int:
@@ -166,8 +172,9 @@ class AimSink:
         import aim
 
         if isinstance(record, rec.Scalar):
-            run.track(record.value, name=record.name, step=record.step, epoch=record.epoch,
-                      context=record.context)
+            run.track(
+                record.value, name=record.name, step=record.step, epoch=record.epoch, context=record.context
+            )
         elif isinstance(record, rec.Histogram):
             value = aim.Distribution(hist=record.counts, bin_range=record.bin_range)
             run.track(value, name=record.name, step=record.step, epoch=record.epoch, context=record.context)
@@ -176,17 +183,25 @@ class AimSink:
             value = pictures[0] if len(pictures) == 1 else pictures
             run.track(value, name=record.name, step=record.step, epoch=record.epoch, context=record.context)
         elif isinstance(record, rec.Text):
-            run.track(aim.Text(record.text), name=record.name, step=record.step, epoch=record.epoch,
-                      context=record.context)
+            run.track(
+                aim.Text(record.text),
+                name=record.name,
+                step=record.step,
+                epoch=record.epoch,
+                context=record.context,
+            )
         elif isinstance(record, rec.Audio):
             clip = aim.Audio(record.wav, format="wav", rate=record.sample_rate, caption=record.caption)
             run.track(clip, name=record.name, step=record.step, epoch=record.epoch, context=record.context)
         elif isinstance(record, rec.Native):
-            run.track(record.value, name=record.name, step=record.step, epoch=record.epoch,
-                      context=record.context)
+            run.track(
+                record.value, name=record.name, step=record.step, epoch=record.epoch, context=record.context
+            )
         elif isinstance(record, rec.Params):
             current = run.get(record.key) if record.merge else None
-            run[record.key] = _deep_merge(current, record.values) if isinstance(current, dict) else record.values
+            run[record.key] = (
+                _deep_merge(current, record.values) if isinstance(current, dict) else record.values
+            )
         elif isinstance(record, rec.Tags):
             for tag in record.add:
                 run.add_tag(tag)
