@@ -253,11 +253,14 @@ class AimSink:
                 run["status"] = status
                 if self._failures:
                     run["tracelet_write_failures"] = self._failures
+                repo = run.repo
                 run.close()
             except Exception as exc:
                 raise TraceletError(f"tracelet: closing AIM run {run.hash} failed: {exc}") from exc
             if self._repo_path is not None:
                 _index_run(self._repo_path, run.hash)
+            else:
+                _index_remote_run(repo, run.hash)
 
 
 def _aim_image(image: rec.ImageData) -> Any:
@@ -288,6 +291,39 @@ def _check_server(remote_uri: str) -> None:
             f"tracelet: cannot reach the AIM server at {remote_uri} ({exc}); "
             "is `aim server` running there and the port open?"
         ) from exc
+
+
+def _index_remote_run(repo: Any, run_hash: str, attempts: int = 20) -> None:
+    """The same indexing step, run on the server through aim's remote proxies.
+
+    ``aim server`` never indexes (only ``aim up`` does), so without this a run logged remotely is
+    invisible to every reader. aim 3.29 has no public call for it: this uses ``Repo._get_index_tree``
+    (pinned by ``aim<4`` and by tests/test_remote.py) and retries while another process (``aim up``)
+    holds the index lock.
+    """
+    import gc
+    import time
+
+    last: Exception | None = None
+    for _ in range(attempts):
+        index = chunk = None
+        try:
+            index = repo._get_index_tree("meta", 0).view(())
+            chunk = repo.request_tree("meta", run_hash, read_only=True).subtree(("meta", "chunks", run_hash))
+            chunk.finalize(index=index)
+            return
+        except Exception as exc:
+            last = exc
+            time.sleep(0.25)
+        finally:
+            index = chunk = None
+            gc.collect()  # drop the server-side handles now: a held index handle shows readers old data
+    warnings.warn(
+        f"tracelet: run {run_hash} is saved on the server but could not be indexed ({last}); "
+        "`aim up` on the server's repo will index it",
+        TraceletWarning,
+        stacklevel=3,
+    )
 
 
 def _index_run(repo_path: str, run_hash: str) -> None:

@@ -1,0 +1,105 @@
+"""Logging to a real ``aim server`` on 127.0.0.1, started by the test, as a team's shared store."""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import tracelet_callbacks as tracelet
+from test_seed import SEED, run_block, seed_block
+
+pytestmark = pytest.mark.slow
+
+AIM = str(Path(sys.executable).with_name("aim"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def aim_server(tmp_path: Path):
+    """``aim server`` over a fresh repo; yields its ``aim://`` address and the repo folder."""
+    folder = tmp_path / "server_repo"
+    folder.mkdir()
+    subprocess.run([AIM, "init", "--repo", str(folder), "-y"], check=True, capture_output=True, timeout=120)
+    port = free_port()
+    server = subprocess.Popen(
+        [AIM, "server", "--repo", str(folder), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("aim server did not start within 60 s")
+        yield f"aim://127.0.0.1:{port}", folder
+    finally:
+        gc.collect()  # let aim's remote handles release their server resources while it still runs
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def read_back(uri: str, run_hash: str) -> str:
+    """Read the run from a fresh process, as a teammate would."""
+    code = textwrap.dedent(
+        f"""
+        import aim
+        run = aim.Run({run_hash!r}, repo={uri!r}, read_only=True)
+        (metric,) = aim.Repo({uri!r}).query_metrics(
+            "metric.name == 'loss' and run.hash == {run_hash!r}").iter()
+        steps, columns = metric.data.items_list()
+        print(run.name, run.experiment, run["status"], run.active, run["hparams"], run["tags"],
+              metric.context.to_dict(), list(steps), list(columns[0]))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="the seed is not beside the checkout")
+def test_planned_configuration_with_a_live_server(repo_dir: Path, aim_server) -> None:
+    uri, _folder = aim_server
+    code = seed_block("Planned Configuration (Future Release)")
+    code = re.sub(r"http://aim-server:53800", uri.replace("aim://", "http://"), code)
+    run_block(code)
+    exp = tracelet.get_active_experiment()
+    for step in range(5):
+        exp.log_metric("train/loss", 1.0 / (step + 1), step)
+    exp.log_params({"lr": 0.01, "hub_token": "hf_abcdefghijklmnopqrstuvwxyz"})
+    tracelet.stop_logging()
+    line = read_back(uri, exp.hash)
+    assert line.startswith("baseline_run My Experiments finished False")
+    assert "'hub_token': '<redacted>'" in line and "'lr': 0.01" in line and "hf_abc" not in line
+    assert "'model': 'resnet'" in line and "'dataset': 'cifar10'" in line
+    assert line.endswith("{'subset': 'train'} [0, 1, 2, 3, 4] [1.0, 0.5, 0.3333333333333333, 0.25, 0.2]")
+    assert not (repo_dir / "aim_repo").exists(), "a remote run must not create the local repo"
+
+
+def test_server_down_is_a_clear_error_within_seconds(repo_dir: Path) -> None:
+    port = free_port()  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(tracelet.TraceletError, match=f"127.0.0.1:{port}"):
+        tracelet.start_logging(backend="aim", config={"remote_uri": f"aim://127.0.0.1:{port}"})
+    assert time.monotonic() - start < 10
+    assert tracelet.get_active_experiment() is None
