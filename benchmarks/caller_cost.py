@@ -47,10 +47,14 @@ def main() -> None:
     results["list.append (floor)"] = per_call_us(lambda step: sink.append((step, 0.5)), calls)
 
     tb = SummaryWriter(os.path.join(folder, "tb"))
-    results["SummaryWriter.add_scalar"] = per_call_us(lambda step: tb.add_scalar("train/loss", 0.5, step), calls)
+    results["SummaryWriter.add_scalar"] = per_call_us(
+        lambda step: tb.add_scalar("train/loss", 0.5, step), calls
+    )
     tb.close()
 
-    run = aim.Run(repo=folder, system_tracking_interval=None, log_system_params=False, capture_terminal_logs=False)
+    run = aim.Run(
+        repo=folder, system_tracking_interval=None, log_system_params=False, capture_terminal_logs=False
+    )
     results["aim Run.track"] = per_call_us(
         lambda step: run.track(0.5, name="loss", step=step, context={"subset": "train"}), calls
     )
