@@ -197,3 +197,46 @@ def test_environment_is_recorded_without_env_vars(repo_dir: Path) -> None:
     system = read_run(repo_dir, exp.hash)["__system_params"]
     assert "aim" in system["packages"] and "numpy" in system["packages"]
     assert "env_variables" not in system
+
+
+def test_run_handle_redacts_secret_keys(repo_dir: Path) -> None:
+    with tracelet.Experiment() as exp:
+        exp.run["hub_token"] = "plainsecret"
+        exp.run.set("wandb_api_key", "xyz")
+    run = read_run(repo_dir, exp.hash)
+    assert run["hub_token"] == "<redacted>" and run["wandb_api_key"] == "<redacted>"
+
+
+def test_framework_status_names_and_bad_status(repo_dir: Path) -> None:
+    exp = tracelet.Experiment()
+    exp.log_metric("loss", 1.0, 0)
+    with pytest.raises(ValueError, match="finished, failed, interrupted, killed"):
+        exp.close("exploded")
+    exp.close("success")  # Lightning's word for it; the run is still closable after the bad call
+    assert read_run(repo_dir, exp.hash)["status"] == "finished"
+
+
+def test_logging_after_close_warns_instead_of_crashing(repo_dir: Path) -> None:
+    exp = tracelet.Experiment()
+    exp.log_metric("loss", 1.0, 0)
+    exp.close()
+    with pytest.warns(tracelet.TraceletWarning, match="after the run was closed"):
+        exp.log_metric("loss", 2.0, 1)
+        exp.run.track(3.0, name="loss", step=2)
+    assert series(repo_dir, "loss", {}) == {0: 1.0}
+    assert exp.run.hash == exp.hash
+
+
+def test_params_that_cannot_be_read_are_skipped_with_a_warning(repo_dir: Path) -> None:
+    class Broken:
+        def to_dict(self) -> dict:
+            return {"fine": 1}
+
+        def model_dump(self) -> dict:
+            raise RuntimeError("cannot dump")
+
+    with tracelet.Experiment() as exp:
+        with pytest.warns(tracelet.TraceletWarning, match="cannot dump"):
+            exp.log_params(Broken())
+        exp.log_params({"after": 2})
+    assert read_run(repo_dir, exp.hash)["hparams"] == {"after": 2}

@@ -79,3 +79,35 @@ def test_a_sigterm_handler_of_the_user_still_runs(repo_dir: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "['user handler'] interrupted" in out.stdout
+
+
+def test_a_writer_dropped_without_close_is_closed_at_exit(repo_dir: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import tracelet_callbacks as tracelet
+
+        def main():
+            writer = tracelet.TraceletWriter(tensorboard=False)
+            for step in range(5):
+                writer.add_scalar("train/loss", 1.0 / (step + 1), step)
+
+        main()
+        import gc; gc.collect()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo_dir, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    run = only_run(repo_dir)
+    assert run["status"] == "finished" and not run.active
+    assert len(series(repo_dir, "loss", {"subset": "train"})) == 5
+
+
+def test_an_exception_inside_a_writer_block_records_failed(repo_dir: Path) -> None:
+    import tracelet_callbacks as tracelet
+
+    with pytest.raises(RuntimeError), tracelet.TraceletWriter(tensorboard=False) as writer:
+        writer.add_scalar("loss", 1.0, 0)
+        raise RuntimeError("diverged")
+    assert only_run(repo_dir)["status"] == "failed"

@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import threading
-import weakref
 from typing import Any, Protocol
 
 log = logging.getLogger("tracelet_callbacks")
@@ -22,20 +21,24 @@ class _Closable(Protocol):
     def close(self, status: str = "finished") -> None: ...
 
 
-_open: weakref.WeakSet[Any] = weakref.WeakSet()
+# Strong references on purpose: a writer dropped without close() must still be closed at exit,
+# or its run stays "active" and unindexed. close() removes it.
+_open: set[Any] = set()
 _installed = False
+_owner_pid = os.getpid()
 _exit_status = "finished"
 _lock = threading.Lock()
 
 
 def watch(item: _Closable) -> None:
     """Close ``item`` with the process's final status if it is still open at exit."""
-    global _installed
+    global _installed, _owner_pid
     with _lock:
         _open.add(item)
         if _installed:
             return
         _installed = True
+        _owner_pid = os.getpid()
     atexit.register(_close_all_at_exit)
     previous_hook = sys.excepthook
 
@@ -54,6 +57,8 @@ def forget(item: _Closable) -> None:
 
 
 def close_all(status: str) -> None:
+    if os.getpid() != _owner_pid:
+        return  # a forked child (DataLoader worker ...) must not close its parent's runs
     for item in list(_open):
         try:
             item.close(status)
@@ -76,7 +81,7 @@ def _install_sigterm() -> None:
         return
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        close_all("interrupted")
+        close_all("interrupted")  # a no-op in forked children, which inherit this handler
         if callable(previous):
             previous(signum, frame)
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from .core import records as rec
 from .core.params import to_params
 from .core.translator import Translator
 from .core.values import Unsupported, to_scalar
+from .errors import TraceletError, TraceletWarning
 
 __all__ = ["Experiment", "RunHandle"]
 
@@ -48,6 +50,7 @@ class Experiment:
         self._translator: Translator | None = None
         self._opened = False
         self._closed = False
+        self._warned_closed = False
         self._lock = threading.RLock()
 
     @classmethod
@@ -67,7 +70,7 @@ class Experiment:
             if self._opened:
                 return self
             if self._closed:
-                raise RuntimeError("tracelet: this experiment is closed; start a new one to log more")
+                raise TraceletError("tracelet: this experiment is closed; start a new one to log more")
             from .sink.run import AimSink  # the sink imports aim; keep that off `import tracelet_callbacks`
 
             sink = AimSink(self.config)
@@ -81,8 +84,18 @@ class Experiment:
 
     @property
     def translator(self) -> Translator | None:
-        """The translation core over this run (``None`` when disabled); adapters call it directly."""
+        """The translation core over this run; ``None`` when disabled or closed (values then go nowhere,
+        with one warning), so a late ``add_scalar`` never stops a script."""
         if not self.enabled:
+            return None
+        if self._closed:
+            if not self._warned_closed:
+                self._warned_closed = True
+                warnings.warn(
+                    "tracelet: logging after the run was closed; the values are dropped",
+                    TraceletWarning,
+                    stacklevel=3,
+                )
             return None
         self.open()
         return self._translator
@@ -98,6 +111,7 @@ class Experiment:
 
     def close(self, status: str = "finished") -> None:
         """Flush, record ``status`` (``finished``, ``failed``, ``interrupted``, ``killed``), close, index."""
+        status = rec.normalise_status(status)  # a bad status must not leave the run half-closed
         with self._lock:
             if self._closed:
                 return
@@ -121,8 +135,8 @@ class Experiment:
 
     def log_params(self, params: Any) -> None:
         """Store hyperparameters (dict, Namespace, dataclass, config objects) under ``run["hparams"]``."""
-        if self.enabled:
-            self.translator.params(params)
+        if (translator := self.translator) is not None:
+            translator.params(params)
 
     def log_metric(
         self,
@@ -134,26 +148,26 @@ class Experiment:
         context: Mapping[str, Any] | None = None,
     ) -> None:
         """One scalar; ``train/loss`` lands in metric ``loss`` with context ``{"subset": "train"}``."""
-        if self.enabled:
-            self.translator.scalar(name, value, iteration, epoch, context)
+        if (translator := self.translator) is not None:
+            translator.scalar(name, value, iteration, epoch, context)
 
     def log_metrics(
         self, metrics: Mapping[str, Any], step: int | None = None, *, epoch: int | None = None
     ) -> None:
         """Many scalars at one step."""
-        if self.enabled:
-            self.translator.scalars(metrics, step, epoch)
+        if (translator := self.translator) is not None:
+            translator.scalars(metrics, step, epoch)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> list[str]:
         """Copy a file or folder into the run's artifact store; ``artifact_path`` is a folder in it."""
-        if not self.enabled:
+        if (translator := self.translator) is None:
             return []
-        return self.translator.artifact(path, artifact_path)
+        return translator.artifact(path, artifact_path)
 
     def set_tags(self, tags: Any) -> None:
-        """A dict (queryable as ``run.tags.<key>`` and shown as ``key=value``) or a list of tags."""
-        if self.enabled:
-            self.translator.tags(tags)
+        """A dict (queryable as ``run["tags"]["key"]`` and shown as ``key=value``) or a list of tags."""
+        if (translator := self.translator) is not None:
+            translator.tags(tags)
 
     # -- handles ------------------------------------------------------------------------------------
 
@@ -196,10 +210,9 @@ class RunHandle:
         context: Mapping[str, Any] | None = None,
     ) -> None:
         """Track a number, tensor or aim object under ``name`` as given (no routing), as ``aim.Run.track``."""
-        exp = self._exp
-        if not exp.enabled:
+        translator = self._exp.translator
+        if translator is None:
             return
-        translator = exp.translator
         if isinstance(value, Mapping) and name is None:
             for key, item in value.items():
                 self.track(item, name=str(key), step=step, epoch=epoch, context=context)
@@ -219,18 +232,22 @@ class RunHandle:
                 return
         translator.sink.submit([record])
 
+    def _submit(self, record: rec.Record) -> None:
+        if (translator := self._exp.translator) is not None:
+            translator.sink.submit([record])
+
     def __setitem__(self, key: str, value: Any) -> None:
-        if self._exp.enabled:
-            self._exp.translator.sink.submit([rec.Params(str(key), to_params(value), merge=False)])
+        self._submit(rec.Params(str(key), to_params({key: value})[str(key)], merge=False))
 
     def set(self, key: str, value: Any, strict: bool = True) -> None:
         self[key] = value
 
     def __getitem__(self, key: str) -> Any:
-        if not self._exp.enabled:
+        exp = self._exp
+        if not exp.enabled or exp._closed:
             raise KeyError(key)
-        self._exp.flush()
-        return self._exp.translator.sink.run[key]
+        exp.flush()
+        return exp.translator.sink.run[key]
 
     def get(self, key: str, default: Any = None) -> Any:
         try:
@@ -239,12 +256,10 @@ class RunHandle:
             return default
 
     def add_tag(self, tag: str) -> None:
-        if self._exp.enabled:
-            self._exp.translator.sink.submit([rec.Tags(add=(str(tag),))])
+        self._submit(rec.Tags(add=(str(tag),)))
 
     def remove_tag(self, tag: str) -> None:
-        if self._exp.enabled:
-            self._exp.translator.sink.submit([rec.Tags(remove=(str(tag),))])
+        self._submit(rec.Tags(remove=(str(tag),)))
 
     @property
     def hash(self) -> str | None:
@@ -252,20 +267,21 @@ class RunHandle:
 
     @property
     def name(self) -> str | None:
-        if not self._exp.enabled:
-            return None
-        return self._exp.translator.sink.run.name
+        return self._exp.name if not self._exp.is_open else self._exp.translator.sink.run.name
 
     @name.setter
     def name(self, value: str) -> None:
-        if self._exp.enabled:
-            self._exp.translator.run_info(name=str(value))
+        if (translator := self._exp.translator) is not None:
+            translator.run_info(name=str(value))
 
     @property
     def artifacts_uri(self) -> str | None:
+        """Where this run's artifacts are copied (``file://...`` or ``s3://...``)."""
         if not self._exp.enabled:
             return None
-        return self._exp.translator.sink.run.artifacts_uri
+        if not self._exp._closed:
+            self._exp.open()
+        return self._exp._sink.artifacts_uri if self._exp._sink is not None else None
 
     def __bool__(self) -> bool:
         return self._exp.enabled

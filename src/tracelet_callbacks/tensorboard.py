@@ -301,10 +301,17 @@ class TraceletWriter(SummaryWriter):
         super().flush()
         self._tracelet_experiment.flush()
 
-    def close(self) -> None:
+    def close(self, status: str = "finished") -> None:
+        """Close the event files and, if this writer opened the run, the run with ``status``."""
         super().close()
         if self._tracelet_owns:
-            self._tracelet_experiment.close("finished")
+            self._tracelet_experiment.close(status)
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        if kind is None:
+            self.close("finished")
+        else:
+            self.close("interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")
 
 
 for _name, _method in _WRAPPED.items():

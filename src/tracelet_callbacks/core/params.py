@@ -40,7 +40,9 @@ _SECRET_WORDS = frozenset(
         "bearer",
     }
 )
-_SECRET_PAIRS = frozenset({("api", "key"), ("access", "key"), ("private", "key"), ("auth", "key")})
+_SECRET_PAIRS = frozenset(
+    {(first, second) for first in ("api", "access", "private", "auth") for second in ("key", "keys")}
+)
 _TOKEN_TAIL = "token"
 #: Tokenizer settings that end in "token" but hold vocabulary entries such as "<s>", not secrets.
 _VOCABULARY_TOKENS = frozenset(
@@ -56,6 +58,9 @@ _TOKEN_VALUE = re.compile(
 _URL_PASSWORD = re.compile(
     r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(?P<pw>\S+)(?P<tail>@)(?=[^@\s/]+(?:[/\s?#]|$))"
 )
+#: ``scheme://<token>@host``: a user part with no password but shaped like a token (how git remotes
+#: carry credentials).
+_URL_TOKEN = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[A-Za-z0-9_\-]{20,})@")
 _WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
 MAX_LIST_ITEMS = 64
@@ -71,17 +76,18 @@ def is_secret_key(key: Any) -> bool:
     words = [word.lower() for word in _WORDS.findall(str(key))]
     if not words or str(key).lower() in _VOCABULARY_TOKENS:
         return False
-    if _SECRET_WORDS.intersection(words) or words[-1] == _TOKEN_TAIL:
+    if _SECRET_WORDS.intersection(words) or words[-1].endswith(_TOKEN_TAIL):
         return True
     return any(tuple(words[i : i + 2]) in _SECRET_PAIRS for i in range(len(words) - 1))
 
 
 def redact_text(text: str) -> str:
-    """Hide URL passwords and well-known token shapes inside a string."""
+    """Hide URL passwords, URL tokens (``https://<token>@host``) and well-known token shapes."""
     if _TOKEN_VALUE.match(text):
         return REDACTED
     if "://" in text and "@" in text:
-        return _URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}{m['tail']}", text)
+        text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}{m['tail']}", text)
+        return _URL_TOKEN.sub(lambda m: f"{m['head']}{REDACTED}@", text)
     return text
 
 

@@ -16,6 +16,17 @@ Context = dict[str, Any]
 RunStatus = Literal["finished", "failed", "interrupted", "killed"]
 RUN_STATUSES: tuple[str, ...] = ("finished", "failed", "interrupted", "killed")
 
+#: What frameworks call the same endings (Lightning's ``finalize("success")`` ...).
+_STATUS_ALIASES = {"success": "finished", "completed": "finished", "complete": "finished", "error": "failed"}
+
+
+def normalise_status(status: str) -> str:
+    """One of :data:`RUN_STATUSES`, or ``ValueError`` naming them."""
+    value = _STATUS_ALIASES.get(str(status).lower(), str(status).lower())
+    if value not in RUN_STATUSES:
+        raise ValueError(f"tracelet: status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+    return value
+
 
 def _now() -> float:
     return time.time()

@@ -231,7 +231,11 @@ class Translator:
 
     def params(self, params: Any, key: str = "hparams") -> dict[str, Any]:
         """Store hyperparameters under ``run[key]`` (merged with what is there); returns what was stored."""
-        converted = to_params(params)
+        try:
+            converted = to_params(params)
+        except Exception as exc:  # a config object whose own conversion fails must not stop training
+            self.skip(key, f"could not read {type(params).__name__} as parameters: {exc!r}", "params")
+            return {}
         if not isinstance(converted, dict):
             self.skip(key, f"expected a mapping of parameters, got {type(params).__name__}", "params")
             return {}
@@ -244,6 +248,12 @@ class Translator:
             return
         if isinstance(tags, str):
             tags = [tags]
+        try:
+            self._tags(tags)
+        except Exception as exc:
+            self.skip("tags", f"could not read tags: {exc!r}", "tags")
+
+    def _tags(self, tags: Any) -> None:
         if isinstance(tags, Mapping):
             values = to_params(dict(tags))
             self.sink.submit([rec.Params("tags", values), rec.Tags(add=tuple(_tag_labels(values)))])

@@ -68,9 +68,12 @@ def redacted_argv(argv: list[str]) -> list[str]:
             if not arg.startswith("-"):
                 out.append(REDACTED)
                 continue
-        if arg.startswith("-"):
+        if arg.startswith("-") or "=" in arg:  # --key=value, --key value, and Hydra's key.sub=value
             option, eq, value = arg.lstrip("-").partition("=")
-            if is_secret_key(option.replace("-", "_")):
+            if is_secret_key(option.replace("-", "_").rsplit(".", 1)[-1]):
+                if not arg.startswith("-") and not eq:
+                    out.append(arg)
+                    continue
                 if eq:
                     out.append(arg[: len(arg) - len(value)] + REDACTED)
                 else:

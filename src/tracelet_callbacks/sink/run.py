@@ -39,6 +39,7 @@ class AimSink:
         self.config = config
         self._run: Any = None
         self._hash: str | None = None
+        self._artifacts_uri: str | None = None
         self._repo_path: str | None = None
         self._lock = threading.RLock()
         self._closed = False
@@ -53,9 +54,13 @@ class AimSink:
 
     @property
     def run(self) -> Any:
-        """The live ``aim.Run`` (opened on first access)."""
+        """The live ``aim.Run`` (opened on first access); ``TraceletError`` once closed."""
         self.open()
         return self._run
+
+    @property
+    def artifacts_uri(self) -> str | None:
+        return self._artifacts_uri
 
     @property
     def hash(self) -> str:
@@ -72,6 +77,7 @@ class AimSink:
                 raise TraceletError("tracelet: this run is closed; start a new one to log more")
             self._run = self._create_run()
             self._hash = self._run.hash
+            self._artifacts_uri = self._run.artifacts_uri
 
     def _create_run(self) -> Any:
         cfg = self.config
@@ -239,8 +245,7 @@ class AimSink:
 
     def close(self, status: str = "finished") -> None:
         """Record ``status``, close the run and index it. Safe to call twice."""
-        if status not in rec.RUN_STATUSES:
-            raise ValueError(f"tracelet: status must be one of {', '.join(rec.RUN_STATUSES)}, got {status!r}")
+        status = rec.normalise_status(status)
         with self._lock:
             if self._closed:
                 return
@@ -249,14 +254,24 @@ class AimSink:
             run, self._run = self._run, None
             if run is None:
                 return
+            repo = run.repo
             try:
                 run["status"] = status
                 if self._failures:
                     run["tracelet_write_failures"] = self._failures
-                repo = run.repo
-                run.close()
-            except Exception as exc:
-                raise TraceletError(f"tracelet: closing AIM run {run.hash} failed: {exc}") from exc
+            except Exception as exc:  # the end of a script is no place to raise; say it and close anyway
+                warnings.warn(
+                    f"tracelet: could not record status of run {run.hash}: {exc!r}",
+                    TraceletWarning,
+                    stacklevel=3,
+                )
+            finally:
+                try:
+                    run.close()
+                except Exception as exc:
+                    warnings.warn(
+                        f"tracelet: closing AIM run {run.hash} failed: {exc!r}", TraceletWarning, stacklevel=3
+                    )
             if self._repo_path is not None:
                 _index_run(self._repo_path, run.hash)
             else:
