@@ -18,7 +18,7 @@ from .config import TraceletConfig, resolve
 from .core import records as rec
 from .core.params import to_params
 from .core.translator import Translator
-from .core.values import Unsupported, to_scalar
+from .core.values import Unsupported, to_scalar, to_step
 from .errors import TraceletError, TraceletWarning
 
 __all__ = ["Experiment", "RunHandle"]
@@ -42,9 +42,18 @@ class Experiment:
     """
 
     def __init__(
-        self, config: Mapping[str, Any] | None = None, *, enabled: bool = True, **settings: Any
+        self,
+        config: Mapping[str, Any] | TraceletConfig | None = None,
+        *,
+        enabled: bool = True,
+        **settings: Any,
     ) -> None:
-        self.config: TraceletConfig = resolve(settings, config)
+        if isinstance(config, TraceletConfig):  # already resolved (start_logging): do not read env again
+            if settings:
+                config = config.replace(**settings)
+            self.config: TraceletConfig = config
+        else:
+            self.config = resolve(settings, config)
         self.enabled = enabled
         self._sink: Any = None
         self._translator: Translator | None = None
@@ -52,13 +61,6 @@ class Experiment:
         self._closed = False
         self._warned_closed = False
         self._lock = threading.RLock()
-
-    @classmethod
-    def from_config(cls, config: TraceletConfig, *, enabled: bool = True) -> Experiment:
-        """An experiment over already resolved settings."""
-        exp = cls(enabled=enabled)
-        exp.config = config
-        return exp
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -221,12 +223,12 @@ class RunHandle:
             raise TypeError("tracelet: track() needs a name for a single value")
         where = dict(context or {})
         try:
-            record: rec.Record = rec.Scalar(name, to_scalar(value), _int(step), _int(epoch), where)
+            record: rec.Record = rec.Scalar(name, to_scalar(value), to_step(step), to_step(epoch), where)
         except Unsupported as exc:
             if type(value).__module__.startswith("aim") or (
                 isinstance(value, list) and value and type(value[0]).__module__.startswith("aim")
             ):
-                record = rec.Native(name, value, _int(step), _int(epoch), where)
+                record = rec.Native(name, value, to_step(step), to_step(epoch), where)
             else:
                 translator.skip(name, str(exc))
                 return
@@ -285,7 +287,3 @@ class RunHandle:
 
     def __bool__(self) -> bool:
         return self._exp.enabled
-
-
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)

@@ -84,7 +84,7 @@ def start_logging(
                 stacklevel=2,
             )
             stop_logging()
-        experiment = Experiment.from_config(resolved, enabled=global_rank() == 0)
+        experiment = Experiment(resolved, enabled=global_rank() == 0)
         experiment.open()
         _active = experiment
         _patch_writers()

@@ -28,6 +28,7 @@ from .values import (
     image_to_pixels,
     images_to_pixels,
     to_scalar,
+    to_step,
 )
 
 __all__ = ["Sink", "Translator", "artifact_names"]
@@ -110,7 +111,7 @@ class Translator:
             self.skip(tag, str(exc))
             return False
         name, where = self._where(tag, context)
-        self.sink.submit([rec.Scalar(name, number, _int_or_none(step), _int_or_none(epoch), where)])
+        self.sink.submit([rec.Scalar(name, number, to_step(step), to_step(epoch), where)])
         return True
 
     def scalars(
@@ -121,7 +122,7 @@ class Translator:
         context: Mapping[str, Any] | None = None,
     ) -> None:
         """Many scalars at one step, submitted as one batch."""
-        step, epoch = _int_or_none(step), _int_or_none(epoch)
+        step, epoch = to_step(step), to_step(epoch)
         batch: list[rec.Record] = []
         for tag, value in values.items():
             tag = str(tag)
@@ -157,7 +158,7 @@ class Translator:
 
     def _submit_histogram(self, tag: str, counts: list[float], span: tuple, step: Any, epoch: Any) -> None:
         name, where = self._where(tag, None)
-        self.sink.submit([rec.Histogram(name, counts, span, _int_or_none(step), _int_or_none(epoch), where)])
+        self.sink.submit([rec.Histogram(name, counts, span, to_step(step), to_step(epoch), where)])
 
     def image(
         self, tag: str, image: Any, step: Any = None, dataformats: str = "CHW", caption: str = ""
@@ -207,14 +208,14 @@ class Translator:
 
     def _submit_images(self, tag: str, pixels: list[rec.ImageData], step: Any) -> None:
         name, where = self._where(tag, None)
-        self.sink.submit([rec.Images(name, pixels, _int_or_none(step), None, where)])
+        self.sink.submit([rec.Images(name, pixels, to_step(step), None, where)])
 
     def text(self, tag: str, text: Any, step: Any = None) -> None:
         if not isinstance(text, str):
             self.skip(tag, f"expected a string, got {type(text).__name__}", "text")
             return
         name, where = self._where(tag, None)
-        self.sink.submit([rec.Text(name, text, _int_or_none(step), None, where)])
+        self.sink.submit([rec.Text(name, text, to_step(step), None, where)])
 
     def audio(
         self, tag: str, samples: Any, step: Any = None, sample_rate: int = 44100, caption: str = ""
@@ -225,7 +226,7 @@ class Translator:
             self.skip(tag, str(exc), "audio")
             return
         name, where = self._where(tag, None)
-        self.sink.submit([rec.Audio(name, wav, int(sample_rate), caption, _int_or_none(step), None, where)])
+        self.sink.submit([rec.Audio(name, wav, int(sample_rate), caption, to_step(step), None, where)])
 
     # -- run-level data -----------------------------------------------------------------------------
 
@@ -277,15 +278,6 @@ class Translator:
 
     def close(self, status: str = "finished") -> None:
         self.sink.close(status)
-
-
-def _int_or_none(value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(to_scalar(value))
-    except (Unsupported, ValueError, OverflowError):
-        return None
 
 
 def _tag_labels(values: Mapping[str, Any]) -> list[str]:

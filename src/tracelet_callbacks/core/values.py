@@ -30,6 +30,7 @@ __all__ = [
     "is_tensor",
     "to_numpy",
     "to_scalar",
+    "to_step",
 ]
 
 MAX_BINS = 512
@@ -78,6 +79,20 @@ def to_scalar(value: Any) -> float:
     if value is None:
         raise Unsupported("expected a number, got None")
     raise Unsupported(f"expected a number, got {_type_name(value)}")
+
+
+def to_step(value: Any) -> int | None:
+    """A step or epoch as an int (tensors and numpy ints too); ``None`` when it is not a number.
+
+    >>> to_step(np.int64(3)), to_step(None), to_step("x")
+    (3, None, None)
+    """
+    if value is None:
+        return None
+    try:
+        return int(to_scalar(value))
+    except (Unsupported, ValueError, OverflowError):
+        return None
 
 
 def _numeric_item(item: Any, original: Any) -> float:
