@@ -41,7 +41,7 @@ def only_run(repo_dir: Path):
         ("tracelet.stop_logging()\n", "finished", 0),
         ("# the script forgets stop_logging\n", "finished", 0),
         ("raise RuntimeError('diverged')\n", "failed", 1),
-        ("raise KeyboardInterrupt\n", "interrupted", 1),
+        ("raise KeyboardInterrupt\n", "interrupted", -signal.SIGINT),  # Python re-raises SIGINT at exit
         (
             "os.kill(os.getpid(), signal.SIGTERM)\nimport time; time.sleep(30)\n",
             "interrupted",

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ENV_VARS", "TraceletConfig", "resolve"]
+__all__ = ["ENV_VARS", "WRITER_MODES", "TraceletConfig", "resolve"]
 
 DEFAULT_EXPERIMENT = "Tracelet Experiments"
 
@@ -43,6 +43,9 @@ class TraceletConfig:
         log_model: ``False``, ``True`` (best and last checkpoints at the end) or ``"all"`` (each).
         strict: raise on values we would otherwise skip with a warning.
         routing: override the tag -> (name, context) rules (see ``core.routing.make_table``).
+        writer: where AIM writes happen: ``"process"`` (a writer process fed through a pipe, so the
+            training loop pays an append per value), ``"thread"`` (a background thread in this
+            process) or ``"sync"`` (on the caller's thread, for debugging).
     """
 
     repo_path: str = "."
@@ -59,6 +62,7 @@ class TraceletConfig:
     log_model: bool | str = False
     strict: bool = False
     routing: Any = None
+    writer: str = "process"
 
     def replace(self, **changes: Any) -> TraceletConfig:
         return dataclasses.replace(self, **changes)
@@ -91,7 +95,11 @@ ENV_VARS: dict[str, str] = {
     "TRACELET_CAPTURE_TERMINAL_LOGS": "capture_terminal_logs",
     "TRACELET_LOG_MODEL": "log_model",
     "TRACELET_STRICT": "strict",
+    "TRACELET_WRITER": "writer",
 }
+
+#: The writer modes (see :class:`TraceletConfig`).
+WRITER_MODES: tuple[str, ...] = ("process", "thread", "sync")
 
 
 def unknown_key_error(key: str, valid: tuple[str, ...] = FIELDS) -> ValueError:
@@ -169,6 +177,8 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
         raise ValueError(f"tracelet: system_tracking_interval must be positive or None, got {interval!r}")
     if not (isinstance(cfg.log_model, bool) or cfg.log_model == "all"):
         raise ValueError(f"tracelet: log_model must be False, True or 'all', got {cfg.log_model!r}")
+    if cfg.writer not in WRITER_MODES:
+        raise ValueError(f"tracelet: writer must be one of {', '.join(WRITER_MODES)}, got {cfg.writer!r}")
     if not isinstance(cfg.repo_path, (str, os.PathLike)):
         raise ValueError(f"tracelet: repo_path must be a path, got {type(cfg.repo_path).__name__}")
     changes: dict[str, Any] = {"repo_path": os.fspath(cfg.repo_path), "system_tracking_interval": interval}

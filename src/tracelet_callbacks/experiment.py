@@ -55,6 +55,7 @@ class Experiment:
         else:
             self.config = resolve(settings, config)
         self.enabled = enabled
+        self._name = self.config.run_name
         self._sink: Any = None
         self._translator: Translator | None = None
         self._opened = False
@@ -73,10 +74,10 @@ class Experiment:
                 return self
             if self._closed:
                 raise TraceletError("tracelet: this experiment is closed; start a new one to log more")
-            from .sink.run import AimSink  # the sink imports aim; keep that off `import tracelet_callbacks`
+            # the sink imports aim: keep that off `import tracelet_callbacks`
+            from .sink.writer import open_sink
 
-            sink = AimSink(self.config)
-            sink.open()
+            sink = open_sink(self.config)
             self._sink = sink
             self._translator = Translator(sink, routing=self.config.routing, strict=self.config.strict)
             self._opened = True
@@ -188,7 +189,8 @@ class Experiment:
 
     @property
     def name(self) -> str | None:
-        return self.config.run_name
+        """The run's display name (aim shows ``Run: <hash>`` when none was given)."""
+        return self._name
 
     @property
     def status(self) -> str | None:
@@ -248,8 +250,7 @@ class RunHandle:
         exp = self._exp
         if not exp.enabled or exp._closed:
             raise KeyError(key)
-        exp.flush()
-        return exp.translator.sink.run[key]
+        return exp.translator.sink.get(key)
 
     def get(self, key: str, default: Any = None) -> Any:
         try:
@@ -269,11 +270,12 @@ class RunHandle:
 
     @property
     def name(self) -> str | None:
-        return self._exp.name if not self._exp.is_open else self._exp.translator.sink.run.name
+        return self._exp.name
 
     @name.setter
     def name(self, value: str) -> None:
         if (translator := self._exp.translator) is not None:
+            self._exp._name = str(value)
             translator.run_info(name=str(value))
 
     @property

@@ -155,6 +155,8 @@ def _add_scalar(
     translator = _active_translator(self)
     if translator is not None and not translator.scalar(tag, scalar_value, global_step):
         return  # skipped with a warning; TensorBoard would have raised on it
+    if not self.__dict__.get("_tracelet_tensorboard", True):
+        return  # no event files: the one call per logged value ends here
     strict = translator.strict if translator is not None else False
     original = _ORIGINALS["add_scalar"]
     _tensorboard_call(

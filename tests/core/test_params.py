@@ -278,3 +278,15 @@ def test_redacted_argv() -> None:
 
 def test_redacted_argv_trailing_secret_flag() -> None:
     assert redacted_argv(["x.py", "--token"]) == ["x.py", "--token"]
+
+
+def test_str_enums_and_str_subclasses_become_plain_str() -> None:
+    class Kind(str, enum.Enum):  # how PEFT declares PeftType / TaskType
+        LORA = "LORA"
+
+    class Tagged(str):
+        pass
+
+    converted = to_params({"kind": Kind.LORA, "label": Tagged("x")})
+    assert converted == {"kind": "LORA", "label": "x"}
+    assert type(converted["kind"]) is str and type(converted["label"]) is str

@@ -132,15 +132,15 @@ def _convert(value: Any, depth: int, key: Any = None) -> Any:
         return REDACTED
     if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, enum.Enum):  # before str: PEFT's enums are str subclasses aim cannot encode
+        return _convert(value.value, depth) if isinstance(value.value, (str, int, float)) else value.name
     if isinstance(value, str):
-        return redact_text(value)
+        return redact_text(str.__str__(value))  # a plain str, whatever subclass came in
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):
         number = float(value)
         return number if math.isfinite(number) else str(number)  # JSON has no NaN / inf
-    if isinstance(value, enum.Enum):
-        return _convert(value.value, depth) if isinstance(value.value, (str, int, float)) else value.name
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if depth >= MAX_DEPTH:

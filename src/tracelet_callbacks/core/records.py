@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal, NamedTuple, Union
 
 Context = dict[str, Any]
 
@@ -32,16 +32,20 @@ def _now() -> float:
     return time.time()
 
 
-@dataclass(frozen=True)
-class Scalar:
-    """One point of a metric series."""
+class Scalar(NamedTuple):
+    """One point of a metric series.
+
+    A named tuple rather than a dataclass: one is built for every logged value, on the training
+    loop's thread, and a tuple is the cheapest thing Python builds and pickles. ``context`` is shared
+    between records of the same tag and must not be changed; ``timestamp`` ``None`` means "now".
+    """
 
     name: str
     value: float
     step: int | None = None
     epoch: int | None = None
-    context: Context = field(default_factory=dict)
-    timestamp: float = field(default_factory=_now)
+    context: Context = {}
+    timestamp: float | None = None
 
 
 @dataclass(frozen=True)

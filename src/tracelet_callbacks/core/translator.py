@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import time
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
@@ -32,6 +33,9 @@ from .values import (
 )
 
 __all__ = ["Sink", "Translator", "artifact_names"]
+
+#: How many distinct tags keep their route cached (a tag per step would otherwise grow it forever).
+_ROUTE_CACHE = 65536
 
 log = logging.getLogger("tracelet_callbacks")
 
@@ -69,6 +73,7 @@ class Translator:
         self.strict = strict
         self.base_context = dict(context or {})
         self._warned: set[tuple[str, str]] = set()
+        self._routes: dict[str, tuple[str, dict[str, Any]]] = {}
 
     # -- the skip-or-raise policy -------------------------------------------------------------------
 
@@ -92,9 +97,17 @@ class Translator:
     # -- scalars ------------------------------------------------------------------------------------
 
     def _where(self, tag: str, context: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+        if context is None:
+            # every logged value asks this; a tag routes the same way each time
+            hit = self._routes.get(tag)
+            if hit is None:
+                found = self.table(tag)
+                hit = (found.name, {**self.base_context, **found.context})
+                if len(self._routes) < _ROUTE_CACHE:
+                    self._routes[tag] = hit
+            return hit
         found = self.table(tag)
-        merged = {**self.base_context, **found.context, **(context or {})}
-        return found.name, merged
+        return found.name, {**self.base_context, **found.context, **context}
 
     def scalar(
         self,
@@ -111,7 +124,11 @@ class Translator:
             self.skip(tag, str(exc))
             return False
         name, where = self._where(tag, context)
-        self.sink.submit([rec.Scalar(name, number, to_step(step), to_step(epoch), where)])
+        if type(step) is not int:
+            step = to_step(step)
+        if epoch is not None:
+            epoch = to_step(epoch)
+        self.sink.submit([rec.Scalar(name, number, step, epoch, where, time.time())])
         return True
 
     def scalars(
@@ -123,6 +140,7 @@ class Translator:
     ) -> None:
         """Many scalars at one step, submitted as one batch."""
         step, epoch = to_step(step), to_step(epoch)
+        now = time.time()
         batch: list[rec.Record] = []
         for tag, value in values.items():
             tag = str(tag)
@@ -132,7 +150,7 @@ class Translator:
                 self.skip(tag, str(exc))
                 continue
             name, where = self._where(tag, context)
-            batch.append(rec.Scalar(name, number, step, epoch, where))
+            batch.append(rec.Scalar(name, number, step, epoch, where, now))
         if batch:
             self.sink.submit(batch)
 

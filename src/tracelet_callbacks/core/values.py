@@ -61,6 +61,11 @@ def to_scalar(value: Any) -> float:
     ...
     tracelet_callbacks.core.values.Unsupported: expected a number, got str
     """
+    kind = type(value)
+    if kind is float:  # the common case first: it is on every logged value's path
+        return value
+    if kind is int:
+        return float(value)
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, numbers.Real):
@@ -89,6 +94,8 @@ def to_step(value: Any) -> int | None:
     """
     if value is None:
         return None
+    if type(value) is int:
+        return value
     try:
         return int(to_scalar(value))
     except (Unsupported, ValueError, OverflowError):

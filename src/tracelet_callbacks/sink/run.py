@@ -7,6 +7,7 @@ status, closes the run and indexes it so ``aim.Repo(...).query_metrics(...)`` se
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -19,8 +20,9 @@ from ..config import TraceletConfig
 from ..core import records as rec
 from ..errors import TraceletError, TraceletWarning
 from .environment import environment_params
+from .series import ScalarBatcher
 
-__all__ = ["AimSink"]
+__all__ = ["AimSink", "check_repo_path", "check_server"]
 
 log = logging.getLogger("tracelet_callbacks")
 
@@ -44,6 +46,8 @@ class AimSink:
         self._lock = threading.RLock()
         self._closed = False
         self._failures = 0
+        self._batcher: Any = None  # ScalarBatcher once the run is open; False when unavailable
+        self.last_error: str | None = None
         self.status: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -84,10 +88,14 @@ class AimSink:
         import aim
 
         if cfg.remote_uri:
-            _check_server(cfg.remote_uri)
+            check_server(cfg.remote_uri)
             repo: Any = cfg.remote_uri
         else:
             repo = self._local_repo(cfg.repo_path)
+        if cfg.run_hash:
+            # aim's storage handles of a run closed earlier in this process are freed by the garbage
+            # collector; reopening the run while they live reads stale or corrupt chunks
+            gc.collect()
         try:
             run = aim.Run(
                 run_hash=cfg.run_hash,
@@ -118,19 +126,7 @@ class AimSink:
     def _local_repo(self, repo_path: str) -> Any:
         from aim import Repo
 
-        path = os.path.abspath(os.path.expanduser(repo_path))
-        self._repo_path = path
-        try:
-            os.makedirs(path, exist_ok=True)
-            probe = os.path.join(path, f".tracelet-write-test-{os.getpid()}")
-            with open(probe, "w"):
-                pass
-            os.remove(probe)
-        except OSError as exc:
-            raise TraceletError(
-                f"tracelet: cannot write to repo_path {path!r} ({exc.strerror or exc}); "
-                "choose a folder you can write to with repo_path= or TRACELET_AIM_REPO"
-            ) from exc
+        path = self._repo_path = check_repo_path(repo_path)
         if not Repo.exists(path):
             Repo.from_path(path, init=True)
         return path
@@ -151,7 +147,14 @@ class AimSink:
                 )
                 return
             run = self.run
+            scalars: list[rec.Scalar] = []
             for record in records:
+                if type(record) is rec.Scalar:
+                    scalars.append(record)
+                    continue
+                if scalars:
+                    self._write_scalars(run, scalars)
+                    scalars = []
                 try:
                     self._write(run, record)
                 except Exception as exc:
@@ -160,9 +163,33 @@ class AimSink:
                             f"tracelet: storing artifact {record.name!r} failed: {exc}"
                         ) from exc
                     self._report_failure(record, exc)
+            if scalars:
+                self._write_scalars(run, scalars)
+
+    def _write_scalars(self, run: Any, scalars: list[rec.Scalar]) -> None:
+        if self._batcher is None and ScalarBatcher.available(run):
+            self._batcher = ScalarBatcher(run)
+        if self._batcher:
+            try:
+                self._batcher.write(scalars)
+                return
+            except Exception as exc:  # a different aim: say so once, then write value by value
+                log.warning("tracelet: batched writing is unavailable (%r); using Run.track", exc)
+                self._batcher = False
+        for record in scalars:
+            try:
+                self._write(run, record)
+            except Exception as exc:
+                self._report_failure(record, exc)
+
+    def get(self, key: str) -> Any:
+        """``run[key]`` as stored (``KeyError`` when absent)."""
+        with self._lock:
+            return self.run[key]
 
     def _report_failure(self, record: rec.Record, exc: Exception) -> None:
         self._failures += 1
+        self.last_error = f"{type(record).__name__}: {exc!r}"
         if self._failures == 1:
             log.error("tracelet: writing %s to AIM failed: %s (training goes on)", type(record).__name__, exc)
             warnings.warn(
@@ -294,7 +321,24 @@ def _deep_merge(old: dict, new: Any) -> Any:
     return merged
 
 
-def _check_server(remote_uri: str) -> None:
+def check_repo_path(repo_path: str) -> str:
+    """The absolute repo folder, created and checked writable (no aim import: the trainer calls it)."""
+    path = os.path.abspath(os.path.expanduser(repo_path))
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".tracelet-write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise TraceletError(
+            f"tracelet: cannot write to repo_path {path!r} ({exc.strerror or exc}); "
+            "choose a folder you can write to with repo_path= or TRACELET_AIM_REPO"
+        ) from exc
+    return path
+
+
+def check_server(remote_uri: str) -> None:
     """Fail in seconds, with the address, when the AIM server is not there (aim itself retries for long)."""
     address = remote_uri[len("aim://") :]
     host, _, port = address.rpartition(":")

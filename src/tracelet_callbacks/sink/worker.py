@@ -1,0 +1,185 @@
+"""The writer process: reads batches from the training process through a pipe and writes them to AIM.
+
+Started by :class:`~tracelet_callbacks.sink.writer.ProcessSink` as
+``python -m tracelet_callbacks.sink.worker READ_FD WRITE_FD``. It owns the ``aim.Run`` (through
+:class:`~tracelet_callbacks.sink.run.AimSink`), so aim's storage work never takes the training
+process's GIL.
+
+Messages are pickled tuples, each framed by an 8-byte length:
+
+* in: ``("open", config)``, ``("batch", seq, records)``, ``("get", seq, key)``, ``("close", seq, status)``;
+* out: ``("opened", hash, artifacts_uri)`` or ``("error", text)``, ``("ack", seq, failures, error)`` once a
+  batch is durable, ``("reply", seq, ok, value)``.
+
+When the training process goes away without ``close`` (SIGKILL, a crash of the interpreter) the pipe
+ends; the worker writes what it already received, records status ``killed``, closes and indexes the run.
+It ignores SIGINT and runs in its own session, so Ctrl-C or a SIGTERM sent to the trainer's process
+group reaches the trainer (which then closes the run with ``interrupted``), not the writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import select
+import signal
+import struct
+import sys
+import threading
+import warnings
+from typing import Any
+
+__all__ = ["FrameReader", "main", "pack", "send_frame", "unpack"]
+
+_HEADER = struct.Struct("!Q")
+_POLL_SECS = 1.0
+
+
+def send_frame(fd: int, message: Any) -> None:
+    """Write one framed message; a full pipe blocks, which is the back-pressure."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    data = memoryview(_HEADER.pack(len(payload)) + payload)
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+class FrameReader:
+    """Reads framed messages from a pipe; ``read()`` returns ``None`` at the end of the stream.
+
+    Args:
+        fd: the pipe's read end.
+        alive: called while the pipe is idle; when it returns ``False`` whatever is still buffered is
+            read and then the stream counts as ended (a forked child of a dead trainer may still hold
+            the pipe's write end open, so the end of the stream alone cannot be relied on).
+    """
+
+    def __init__(self, fd: int, alive: Any = None) -> None:
+        self._fd = fd
+        self._alive = alive
+        self._buffer = bytearray()
+        self._ended = False
+
+    def read(self) -> Any:
+        while True:
+            if len(self._buffer) >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(self._buffer)
+                end = _HEADER.size + size
+                if len(self._buffer) >= end:
+                    message = pickle.loads(self._buffer[_HEADER.size : end])
+                    del self._buffer[:end]
+                    return message
+            if self._ended:
+                return None
+            self._fill()
+
+    def _fill(self) -> None:
+        if self._alive is not None:
+            ready, _, _ = select.select([self._fd], [], [], _POLL_SECS)
+            if not ready:
+                if not self._alive():
+                    self._ended = True
+                return
+        try:
+            chunk = os.read(self._fd, 1 << 20)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._ended = True
+        else:
+            self._buffer += chunk
+
+
+def pack(records: list[Any]) -> list[Any]:
+    """Scalars as plain tuples (pickled far faster than a class instance); the rest as they are."""
+    from ..core.records import Scalar
+
+    return [
+        (r.name, r.value, r.step, r.epoch, r.context, r.timestamp) if type(r) is Scalar else r
+        for r in records
+    ]
+
+
+def unpack(payload: list[Any]) -> list[Any]:
+    from ..core.records import Scalar
+
+    make = Scalar._make
+    return [make(item) if type(item) is tuple else item for item in payload]
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the training process reports what goes wrong here (it gets each error with the batch's ack)
+    warnings.simplefilter("ignore")
+    logging.getLogger("tracelet_callbacks").propagate = False
+    logging.getLogger("tracelet_callbacks").addHandler(logging.NullHandler())
+    read_fd, write_fd = int(argv[1]), int(argv[2])
+    parent = os.getppid()
+    reader = FrameReader(read_fd, alive=lambda: os.getppid() == parent)
+
+    def reply(message: Any) -> None:
+        try:
+            send_frame(write_fd, message)
+        except OSError:  # the trainer is gone; keep writing what it sent
+            pass
+
+    opening = reader.read()
+    if not opening or opening[0] != "open":
+        return 2
+    from .run import AimSink  # imports aim: only after the pipe is known to work
+
+    sink = AimSink(opening[1])
+    try:
+        sink.open()
+    except Exception as exc:
+        reply(("error", str(exc)))
+        return 1
+    reply(("opened", sink.hash, sink.artifacts_uri))
+
+    # a reader thread keeps the pipe drained while this thread is inside aim, so the trainer rarely
+    # finds the pipe full; the queue is bounded, so memory is too
+    inbox: queue.Queue = queue.Queue(maxsize=16)
+
+    def pump() -> None:
+        try:
+            while True:
+                message = reader.read()
+                inbox.put(message)
+                if message is None or message[0] == "close":
+                    return
+        except Exception:
+            inbox.put(None)
+
+    threading.Thread(target=pump, name="tracelet-worker-reader", daemon=True).start()
+    return _serve(sink, inbox, reply)
+
+
+def _serve(sink: Any, inbox: queue.Queue, reply: Any) -> int:
+    while True:
+        message = inbox.get()
+        if message is None:  # the trainer vanished without closing: keep what it sent, end the run
+            sink.close("killed")
+            return 0
+        kind, seq = message[0], message[1]
+        if kind == "batch":
+            error = None
+            try:
+                sink.submit(unpack(message[2]))
+            except Exception as exc:  # an artifact that could not be stored: the caller is waiting
+                error = str(exc)
+            reply(("ack", seq, sink.failures, error or sink.last_error))
+        elif kind == "get":
+            try:
+                reply(("reply", seq, True, sink.get(message[2])))
+            except Exception as exc:
+                reply(("reply", seq, False, repr(exc)))
+        elif kind == "close":
+            sink.close(message[2])
+            reply(("reply", seq, True, None))
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
