@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +19,7 @@ from .config import TraceletConfig, resolve
 from .core import records as rec
 from .core.params import to_params
 from .core.translator import Translator
-from .core.values import Unsupported, to_scalar, to_step
+from .core.values import Unsupported, to_step, to_value
 from .errors import TraceletError, TraceletWarning
 
 __all__ = ["Experiment", "RunHandle"]
@@ -225,7 +226,9 @@ class RunHandle:
             raise TypeError("tracelet: track() needs a name for a single value")
         where = dict(context or {})
         try:
-            record: rec.Record = rec.Scalar(name, to_scalar(value), to_step(step), to_step(epoch), where)
+            record: rec.Record = rec.Scalar(
+                name, to_value(value), to_step(step), to_step(epoch), where, time.time()
+            )
         except Unsupported as exc:
             if type(value).__module__.startswith("aim") or (
                 isinstance(value, list) and value and type(value[0]).__module__.startswith("aim")

@@ -30,6 +30,7 @@ from .values import (
     images_to_pixels,
     to_scalar,
     to_step,
+    to_value,
 )
 
 __all__ = ["Sink", "Translator", "artifact_names"]
@@ -119,7 +120,7 @@ class Translator:
     ) -> bool:
         """One scalar under ``tag``, routed to its metric name and context; ``False`` if skipped."""
         try:
-            number = to_scalar(value)
+            number = to_value(value)
         except Unsupported as exc:
             self.skip(tag, str(exc))
             return False
@@ -145,7 +146,7 @@ class Translator:
         for tag, value in values.items():
             tag = str(tag)
             try:
-                number = to_scalar(value)
+                number = to_value(value)
             except Unsupported as exc:
                 self.skip(tag, str(exc))
                 continue

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "Deferred",
     "Unsupported",
     "audio_to_wav",
     "draw_boxes",
@@ -28,9 +29,11 @@ __all__ = [
     "image_to_pixels",
     "images_to_pixels",
     "is_tensor",
+    "resolve_deferred",
     "to_numpy",
     "to_scalar",
     "to_step",
+    "to_value",
 ]
 
 MAX_BINS = 512
@@ -84,6 +87,51 @@ def to_scalar(value: Any) -> float:
     if value is None:
         raise Unsupported("expected a number, got None")
     raise Unsupported(f"expected a number, got {_type_name(value)}")
+
+
+class Deferred:
+    """A one-element accelerator tensor whose value is read later, many at once.
+
+    Reading a CUDA value with ``.item()`` stalls the training loop until the GPU has caught up. The
+    record keeps the (detached) device tensor instead; the writer reads a whole batch of them with one
+    copy (:func:`resolve_deferred`) when it hands the batch on, long after the GPU has finished.
+    """
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: Any) -> None:
+        self.tensor = tensor.detach()
+
+    def __float__(self) -> float:
+        return float(self.tensor.item())
+
+
+def resolve_deferred(values: list[Deferred]) -> list[float]:
+    """The floats of many deferred values: one stacked copy per device and dtype, not one per value."""
+    import torch  # deferred values exist only where torch does
+
+    found: list[float] = [0.0] * len(values)
+    groups: dict[tuple, list[int]] = {}
+    for index, value in enumerate(values):
+        groups.setdefault((value.tensor.device, value.tensor.dtype), []).append(index)
+    for indices in groups.values():
+        stacked = torch.stack([values[i].tensor.reshape(()) for i in indices]).to(torch.float64).cpu()
+        for i, number in zip(indices, stacked.tolist(), strict=True):
+            found[i] = number
+    return found
+
+
+def to_value(value: Any) -> float | Deferred:
+    """:func:`to_scalar`, except that a one-element CUDA tensor is not read yet (see :class:`Deferred`)."""
+    if type(value) is float:
+        return value
+    if is_tensor(value) and getattr(getattr(value, "device", None), "type", "cpu") == "cuda":
+        if value.numel() != 1:
+            raise Unsupported(f"expected a one-element tensor, got a tensor of shape {tuple(value.shape)}")
+        if value.is_complex():
+            return to_scalar(value)  # which names the problem
+        return Deferred(value)
+    return to_scalar(value)
 
 
 def to_step(value: Any) -> int | None:

@@ -150,6 +150,12 @@ class AimSink:
             scalars: list[rec.Scalar] = []
             for record in records:
                 if type(record) is rec.Scalar:
+                    if type(record.value) is not float:  # a device value, read only now
+                        try:
+                            record = record._replace(value=float(record.value))
+                        except Exception as exc:
+                            self._report_failure(record, exc)
+                            continue
                     scalars.append(record)
                     continue
                 if scalars:

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..config import TraceletConfig
 from ..core import records as rec
+from ..core.values import resolve_deferred
 from ..errors import TraceletError, TraceletWarning
 from .worker import FrameReader, pack, send_frame
 
@@ -311,11 +312,22 @@ class _Unavailable:
 
 
 def _resolved(batch: list) -> list:
-    """Values that were left on their device when logged (``Deferred``) become floats now."""
-    for index, record in enumerate(batch):
-        if type(record) is rec.Scalar and type(record.value) is not float:
-            batch[index] = record._replace(value=float(record.value))
-    return batch
+    """Values left on their device when logged (``Deferred``) become floats now, in one copy."""
+    waiting = [i for i, r in enumerate(batch) if type(r) is rec.Scalar and type(r.value) is not float]
+    if not waiting:
+        return batch
+    try:
+        numbers = resolve_deferred([batch[i].value for i in waiting])
+    except Exception as exc:  # a device error: these values cannot be read; say so and keep the rest
+        log.error(
+            "tracelet: could not read %d values from their device: %r; they are dropped", len(waiting), exc
+        )
+        lost = set(waiting)
+        return [record for i, record in enumerate(batch) if i not in lost]
+    out = list(batch)
+    for i, number in zip(waiting, numbers, strict=True):
+        out[i] = batch[i]._replace(value=number)
+    return out
 
 
 class ProcessSink(_Buffered):
