@@ -1,0 +1,95 @@
+"""Durable ingestion rate: N scalars into AIM, ours against ``aim.Run.track`` value by value.
+
+For each writer it measures the time of the logging loop (the caller's side), the time from the last
+call until everything is durable (``flush()``), and the rate over both. Afterwards it counts the
+values through ``aim.Repo.query_metrics`` so a fast but lossy writer cannot pass.
+
+    python benchmarks/ingestion.py [--values 1000000] [--series 8] [--writers process,thread,sync]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+
+def log_with_aim(folder: str, values: int, series: int) -> tuple[float, float, str]:
+    import aim
+
+    run = aim.Run(repo=folder, system_tracking_interval=None, log_system_params=False)
+    names = [f"metric_{i}" for i in range(series)]
+    context = {"subset": "train"}
+    start = time.perf_counter()
+    for index in range(values):
+        run.track(float(index), name=names[index % series], step=index // series, context=context)
+    loop = time.perf_counter() - start
+    run_hash = run.hash
+    run.close()  # Run.track writes as it goes: durable when it returns
+    return loop, 0.0, run_hash
+
+
+def log_with_tracelet(folder: str, values: int, series: int, writer: str) -> tuple[float, float, str]:
+    import tracelet_callbacks as tracelet
+
+    exp = tracelet.Experiment(repo_path=folder, writer=writer, system_tracking_interval=None).open()
+    run_hash = exp.hash  # waits for the writer to have opened the run, outside the timed part
+    tags = [f"train/metric_{i}" for i in range(series)]
+    log_metric = exp.log_metric
+    start = time.perf_counter()
+    for index in range(values):
+        log_metric(tags[index % series], float(index), index // series)
+    loop = time.perf_counter() - start
+    exp.flush()
+    durable = time.perf_counter() - start - loop
+    exp.close()
+    return loop, durable, run_hash
+
+
+def count(folder: str, run_hash: str) -> int:
+    import aim
+    from aim.sdk.index_manager import RepoIndexManager
+
+    repo = aim.Repo.from_path(folder)
+    RepoIndexManager.get_index_manager(repo).index(run_hash)  # aim's own runs are indexed by `aim up`
+    total = 0
+    for metric in aim.Repo(folder).query_metrics(f"run.hash == {run_hash!r}").iter():
+        steps, _ = metric.data.items_list()
+        total += len(steps)
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--values", type=int, default=1_000_000)
+    parser.add_argument("--aim-values", type=int, default=None, help="fewer for Run.track (default: same)")
+    parser.add_argument("--series", type=int, default=8)
+    parser.add_argument("--writers", default="process,thread,sync")
+    args = parser.parse_args()
+
+    import aim
+
+    folder = tempfile.mkdtemp(prefix="tracelet-ingest-")
+    aim.Repo.from_path(folder, init=True)
+    rows = []
+    aim_values = args.aim_values or args.values
+    loop, durable, run_hash = log_with_aim(folder, aim_values, args.series)
+    rows.append(("aim Run.track, value by value", aim_values, loop, durable, count(folder, run_hash)))
+    for writer in args.writers.split(","):
+        loop, durable, run_hash = log_with_tracelet(folder, args.values, args.series, writer)
+        rows.append((f"tracelet writer={writer}", args.values, loop, durable, count(folder, run_hash)))
+
+    reference = rows[0][1] / (rows[0][2] + rows[0][3])
+    print(f"{args.series} series, folder {folder}")
+    columns = ("values", "loop s", "last->durable s", "values/s", "x Run.track", "readable")
+    print(f"{'what':32} " + " ".join(f"{name:>15}" for name in columns))
+    for label, values, loop, durable, readable in rows:
+        rate = values / (loop + durable)
+        cells = (f"{values:d}", f"{loop:.2f}", f"{durable:.3f}", f"{rate:.0f}", f"{rate / reference:.2f}")
+        print(f"{label:32} " + " ".join(f"{cell:>15}" for cell in (*cells, f"{readable:d}")))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TRACELET_SYSTEM_TRACKING_INTERVAL", "off")
+    main()
