@@ -22,12 +22,14 @@ from typing import Any
 import pytest
 
 pl = pytest.importorskip("lightning.pytorch")
+import torch  # noqa: E402
 
 import tracelet_callbacks as tracelet  # noqa: E402
 from conftest import open_repo, series  # noqa: E402
 from lightning_helpers import TRAIN_BATCHES, classes, trainer_kwargs  # noqa: E402
 from tracelet_callbacks import TraceletWarning  # noqa: E402
 from tracelet_callbacks._lightning_core import CHECKPOINT_INDEX  # noqa: E402
+from tracelet_callbacks.core.params import REDACTED  # noqa: E402
 from tracelet_callbacks.lightning import TraceletAimLogger  # noqa: E402
 
 TinyModule, TinyData = classes(pl)
@@ -201,6 +203,84 @@ def test_logger_pickles_and_deep_copies_before_and_after_fit(full: types.SimpleN
         assert copied._exp is None
         assert copied.version == full.hash  # continues the same run, without opening it to say so
         assert copied._config.log_model is True
+
+
+# -- 1b. stored checkpoints never carry secrets ------------------------------------------------------
+
+API_KEY = "sk-live-1234567890abcdefSECRET"
+HF_TOKEN = "hf_" + "Q" * 30
+
+
+class SecretModule(TinyModule):
+    def __init__(self, api_key: str = "", lr: float = 0.05):
+        super().__init__(lr=lr)
+        self.save_hyperparameters()
+
+
+class SecretData(TinyData):
+    def __init__(self, hf_token: str = "", batch_size: int = 8):
+        super().__init__(batch_size=batch_size)
+        self.save_hyperparameters()
+
+
+def _files_holding(folder: Path, secret: bytes) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file() and secret in path.read_bytes()]
+
+
+@pytest.mark.parametrize("log_model", [True, "all"])
+def test_stored_checkpoints_have_saved_secrets_redacted(tmp_path: Path, log_model: Any) -> None:
+    repo, folder = tmp_path / "aim", tmp_path / "ckpts"  # the trainer's own files stay outside the repo
+    logger = _logger(repo, "secrets", log_model=log_model)
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=-1)
+    trainer = pl.Trainer(logger=logger, callbacks=[checkpoint], **trainer_kwargs(enable_checkpointing=True))
+    trainer.fit(SecretModule(api_key=API_KEY), datamodule=SecretData(hf_token=HF_TOKEN))
+
+    originals = sorted(folder.glob("*.ckpt"))
+    assert {path.name for path in originals} == {"epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"}
+    # the scan below would see a leak: torch.save writes the strings as they are
+    assert all(API_KEY.encode() in path.read_bytes() for path in originals)
+    assert all(HF_TOKEN.encode() in path.read_bytes() for path in originals)
+    stored = repo / "aim-artifacts" / logger.version / "checkpoints"
+    expected = (
+        {path.name for path in originals} if log_model == "all" else {"epoch=1-step=8.ckpt", "last.ckpt"}
+    )
+    assert {path.name for path in stored.iterdir()} == expected
+    for secret in (API_KEY, HF_TOKEN):
+        assert _files_holding(repo, secret.encode()) == []
+        assert _files_holding(repo, secret[-12:].encode()) == []
+
+    restored = SecretModule.load_from_checkpoint(stored / "last.ckpt")
+    assert restored.hparams.api_key == REDACTED and restored.hparams.lr == 0.05
+    reloaded = torch.load(stored / "last.ckpt", map_location="cpu", weights_only=False)
+    assert reloaded["datamodule_hyper_parameters"] == {
+        "hf_token": REDACTED,
+        "batch_size": 8,
+        "val_loaders": 1,
+    }
+    original = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    assert original["hyper_parameters"]["api_key"] == API_KEY
+    assert reloaded["state_dict"].keys() == original["state_dict"].keys()
+    assert all(torch.equal(reloaded["state_dict"][k], v) for k, v in original["state_dict"].items())
+    run = _read(repo, logger.version)
+    assert run["hparams"]["api_key"] == REDACTED and run["hparams"]["hf_token"] == REDACTED
+
+
+def test_checkpoint_without_secrets_is_stored_byte_for_byte_and_unreadable_ones_not_at_all(
+    tmp_path: Path,
+) -> None:
+    from tracelet_callbacks._lightning_info import scrubbed_checkpoint
+
+    clean = tmp_path / "clean.ckpt"
+    torch.save({"hyper_parameters": {"lr": 0.1, "hub_token": None}, "state_dict": {}}, clean)
+    assert scrubbed_checkpoint(str(clean), str(tmp_path / "unused")) == str(clean)
+
+    logger = _logger(tmp_path / "aim", "unreadable", log_model="all")
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint " + API_KEY.encode())
+    with pytest.warns(TraceletWarning, match="could not be checked for secrets"):
+        logger._store_checkpoints(logger._opened(), [str(broken), str(clean)])
+    logger.finalize("success")
+    assert _stored(tmp_path / "aim", logger.version) == {"clean.ckpt": clean.read_bytes()}
 
 
 # -- 2. resume in a second process, log_model="all", run_hash= ---------------------------------------

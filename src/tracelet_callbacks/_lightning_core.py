@@ -29,6 +29,14 @@ given. That stack look-up is the one place we lean on a Lightning internal; with
 to ``trainer.ckpt_path`` and, if a different run was already opened, say so. ``run_hash=`` names the
 run explicitly and always wins.
 
+Why no cleaner signal (checked against lightning 2.6.6): ``fit`` / ``validate`` / ``test`` pass the
+result of ``_checkpoint_connector._select_ckpt_path(...)`` to ``_run`` only as an argument.
+``trainer.ckpt_path`` reads ``_checkpoint_connector._ckpt_path``, which ``resume_start`` sets inside
+``_restore_modules_and_callbacks``, after ``_call_setup_hook`` has already asked for the run (step 1
+above); before that it holds only what a user assigned with ``trainer.ckpt_path = ...`` (which the
+frame's ``ckpt_path`` then equals anyway). So the ``_run`` frame is the only place the path exists in
+time.
+
 **One run across stages.** ``finalize`` closes the run (flushed, status recorded, indexed, so
 ``aim.Repo`` sees it as soon as ``fit`` returns); a later ``validate`` / ``test`` with the same logger
 reopens that same run.
@@ -39,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -55,6 +64,7 @@ from ._lightning_info import (
     optimizer_params,
     repo_label,
     run_of_checkpoint,
+    scrubbed_checkpoint,
     trainer_params,
 )
 from .config import TraceletConfig, resolve
@@ -282,7 +292,8 @@ class AimLoggerCore:
             translator.params(schedulers, key="schedulers")
 
     def _store_checkpoints(self, exp: Experiment, paths: Iterable[str]) -> None:
-        """Copy each checkpoint file not stored since it was last written (a ``{path: mtime}`` scan)."""
+        """Store each checkpoint file not stored since it was last written (a ``{path: mtime}`` scan),
+        with secrets in its saved hyperparameters redacted (DESIGN: stored checkpoints carry none)."""
         for path in paths:
             try:
                 mtime = os.path.getmtime(path)
@@ -290,11 +301,20 @@ class AimLoggerCore:
                 continue
             if self._logged_model_time.get(path, -1.0) >= mtime:
                 continue
-            try:
-                exp.log_artifact(path, artifact_path=CHECKPOINT_FOLDER)
-            except (TraceletError, OSError, ValueError) as exc:  # storing a model must not stop training
-                self._warn(f"tracelet: could not store checkpoint {path!r}: {exc}")
-                continue
+            with tempfile.TemporaryDirectory(prefix="tracelet-ckpt-") as scratch:
+                try:
+                    stored = scrubbed_checkpoint(path, scratch)
+                except Exception as exc:  # unreadable: never store what we could not check
+                    self._warn(
+                        f"tracelet: checkpoint {path!r} was not stored: its hyperparameters could not be "
+                        f"checked for secrets ({type(exc).__name__}: {exc})"
+                    )
+                    continue
+                try:  # waits for the copy, so the scratch folder may go afterwards
+                    exp.log_artifact(stored, artifact_path=CHECKPOINT_FOLDER)
+                except (TraceletError, OSError, ValueError) as exc:  # storing must not stop training
+                    self._warn(f"tracelet: could not store checkpoint {path!r}: {exc}")
+                    continue
             self._logged_model_time[path] = mtime
 
     def _check_checkpoint_run(self, trainer: Any) -> None:

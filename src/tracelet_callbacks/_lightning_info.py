@@ -9,11 +9,16 @@ Framework-free (duck-typed on the attributes Lightning's objects have), so both 
 
 from __future__ import annotations
 
+import argparse
+import copy
+import dataclasses
 import json
 import os
+from collections.abc import MutableMapping
 from typing import Any
 
 from .config import TraceletConfig
+from .core.params import REDACTED, is_secret_key, redact_text
 
 __all__ = [
     "CHECKPOINT_INDEX",
@@ -22,13 +27,17 @@ __all__ = [
     "index_checkpoints",
     "model_params",
     "optimizer_params",
+    "redact_hyperparameters",
     "repo_label",
     "run_of_checkpoint",
+    "scrubbed_checkpoint",
     "trainer_params",
 ]
 
 #: File beside the checkpoints: ``{file name: {"run_hash": ..., "repo": ...}}``.
 CHECKPOINT_INDEX = "tracelet-runs.json"
+#: The checkpoint entries that hold ``save_hyperparameters()`` of the module and the datamodule.
+_HPARAM_ENTRIES = ("hyper_parameters", "datamodule_hyper_parameters")
 #: Scheduler state that is progress, not configuration.
 _SCHEDULER_STATE = frozenset({"last_epoch", "verbose", "best", "num_bad_epochs", "cooldown_counter"})
 _TRAINER_SETTINGS = (
@@ -205,3 +214,94 @@ def run_of_checkpoint(checkpoint: Any) -> str | None:
     entry = _read_index(os.path.join(os.path.dirname(path), CHECKPOINT_INDEX)).get(os.path.basename(path))
     run_hash = entry.get("run_hash") if isinstance(entry, dict) else None
     return run_hash if isinstance(run_hash, str) else None
+
+
+def redact_hyperparameters(value: Any, secret: bool = False) -> tuple[Any, bool]:
+    """``(value with secrets replaced, whether anything was)``; containers keep their type and order.
+
+    Values under a secret key (see :func:`~tracelet_callbacks.core.params.is_secret_key`) become the
+    marker, every leaf of them when the value is a container; strings elsewhere lose URL passwords and
+    token-shaped values. Nothing else is converted, so a checkpoint written back with the result still
+    loads (``load_from_checkpoint`` passes these to ``__init__``).
+
+    >>> redact_hyperparameters({"lr": 0.1, "api_key": "abc", "db": ["postgresql://me:pw@h/d"]})
+    ({'lr': 0.1, 'api_key': '<redacted>', 'db': ['postgresql://me:<redacted>@h/d']}, True)
+    >>> redact_hyperparameters({"lr": 0.1, "hub_token": None, "auth": {"user": "me", "password": ""}})
+    ({'lr': 0.1, 'hub_token': None, 'auth': {'user': 'me', 'password': ''}}, False)
+    >>> redact_hyperparameters({"credentials": {"user": "me", "key": "abc"}})
+    ({'credentials': {'user': '<redacted>', 'key': '<redacted>'}}, True)
+    """
+    if isinstance(value, MutableMapping):  # dict, Lightning's AttributeDict, OmegaConf's DictConfig
+        changes = {}
+        for name, item in value.items():
+            new, changed = redact_hyperparameters(item, secret or is_secret_key(name))
+            if changed:
+                changes[name] = new
+        if not changes:
+            return value, False
+        result = copy.copy(value)
+        for name, new in changes.items():
+            result[name] = new
+        return result, True
+    if isinstance(value, (list, tuple)):
+        names = getattr(value, "_fields", None) or [""] * len(value)  # a namedtuple's fields are keys
+        items = [
+            redact_hyperparameters(item, secret or (bool(name) and is_secret_key(name)))
+            for name, item in zip(names, value, strict=True)
+        ]
+        if not any(changed for _new, changed in items):
+            return value, False
+        new_items = [new for new, _changed in items]
+        if hasattr(value, "_fields"):  # a namedtuple
+            return type(value)(*new_items), True
+        return type(value)(new_items), True
+    if isinstance(value, argparse.Namespace):
+        new, changed = redact_hyperparameters(vars(value), secret)
+        return (argparse.Namespace(**new), True) if changed else (value, False)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {}
+        for field in dataclasses.fields(value):
+            item = getattr(value, field.name, None)
+            new, changed = redact_hyperparameters(item, secret or is_secret_key(field.name))
+            if changed:
+                changes[field.name] = new
+        if not changes:
+            return value, False
+        result = copy.copy(value)
+        for name, new in changes.items():
+            object.__setattr__(result, name, new)  # frozen dataclasses too
+        return result, True
+    if value is None or isinstance(value, bool) or (isinstance(value, (str, bytes)) and not value):
+        return value, False  # nothing to hide, and "is it set" stays readable
+    if secret:
+        return REDACTED, True
+    if isinstance(value, str):
+        text = redact_text(value)
+        return (value, False) if text == value else (text, True)
+    return value, False
+
+
+def scrubbed_checkpoint(path: str, folder: str) -> str:
+    """``path`` itself when its saved hyperparameters hold no secret, else a copy with them redacted,
+    written under ``folder`` with the same file name (so it is stored under the same name).
+
+    Raises whatever loading or saving raises; the caller decides what a failure means.
+    """
+    import torch
+
+    try:  # memory-mapped, so a large checkpoint's tensors are not read just to look at its hparams
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, MutableMapping):
+        return path
+    changed = False
+    for entry in _HPARAM_ENTRIES:
+        if entry in checkpoint:
+            checkpoint[entry], redacted = redact_hyperparameters(checkpoint[entry])
+            changed = changed or redacted
+    if not changed:
+        return path
+    target = os.path.join(folder, os.path.basename(path))
+    torch.save(checkpoint, target)
+    return target
