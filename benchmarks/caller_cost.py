@@ -4,6 +4,10 @@ Compares a bare list append (the floor), TensorBoard's ``SummaryWriter.add_scala
 ``Run.track`` and ``TraceletWriter.add_scalar`` with and without TensorBoard event files, and prints
 microseconds per call and the ratio to ``SummaryWriter``.
 
+Ours is the cost while the writer keeps up: each timed burst of ``--calls`` fits in what the writer
+may hold in flight (32 batches of ``buffer_size``), and it flushes, untimed, between bursts. A loop
+that logs faster than the writer ingests (``benchmarks/ingestion.py``) waits for it instead.
+
     python benchmarks/caller_cost.py [--calls 20000]
 """
 
@@ -17,8 +21,10 @@ import time
 from collections.abc import Callable
 
 
-def per_call_us(log: Callable[[int], None], calls: int, repeats: int = 3) -> float:
-    """Median over ``repeats`` of the mean microseconds per call."""
+def per_call_us(
+    log: Callable[[int], None], calls: int, repeats: int = 3, between: Callable[[], None] | None = None
+) -> float:
+    """Median over ``repeats`` of the mean microseconds per call (``between`` runs untimed after each)."""
     samples = []
     for repeat in range(repeats):
         offset = repeat * calls
@@ -26,6 +32,8 @@ def per_call_us(log: Callable[[int], None], calls: int, repeats: int = 3) -> flo
         for step in range(offset, offset + calls):
             log(step)
         samples.append((time.perf_counter() - start) / calls * 1e6)
+        if between is not None:
+            between()
     return statistics.median(samples)
 
 
@@ -66,7 +74,9 @@ def main() -> None:
         )
         writer.add_scalar("warm/up", 0.0, 0)  # opens the run outside the timed loop
         label = f"TraceletWriter.add_scalar (tensorboard={tensorboard})"
-        results[label] = per_call_us(lambda step, w=writer: w.add_scalar("train/loss", 0.5, step), calls)
+        results[label] = per_call_us(
+            lambda step, w=writer: w.add_scalar("train/loss", 0.5, step), calls, between=writer.flush
+        )
         start = time.perf_counter()
         writer.close()
         results[f"  close() after it (ms, tensorboard={tensorboard})"] = (time.perf_counter() - start) * 1e3

@@ -35,6 +35,9 @@ from .values import (
 
 __all__ = ["Sink", "Translator", "artifact_names"]
 
+_new_scalar = tuple.__new__  # builds a Scalar without its generated (Python-level) __new__
+_now = time.time
+
 #: How many distinct tags keep their route cached (a tag per step would otherwise grow it forever).
 _ROUTE_CACHE = 65536
 
@@ -119,17 +122,23 @@ class Translator:
         context: Mapping[str, Any] | None = None,
     ) -> bool:
         """One scalar under ``tag``, routed to its metric name and context; ``False`` if skipped."""
-        try:
-            number = to_value(value)
-        except Unsupported as exc:
-            self.skip(tag, str(exc))
-            return False
-        name, where = self._where(tag, context)
+        # This runs once per logged value on the training thread: the common case (a float, a known
+        # tag, an int step) takes no function call it can avoid.
+        if type(value) is float:
+            number = value
+        else:
+            try:
+                number = to_value(value)
+            except Unsupported as exc:
+                self.skip(tag, str(exc))
+                return False
+        hit = self._routes.get(tag) if context is None else None
+        name, where = hit if hit is not None else self._where(tag, context)
         if type(step) is not int:
             step = to_step(step)
         if epoch is not None:
             epoch = to_step(epoch)
-        self.sink.submit([rec.Scalar(name, number, step, epoch, where, time.time())])
+        self.sink.submit([_new_scalar(rec.Scalar, (name, number, step, epoch, where, _now()))])
         return True
 
     def scalars(
