@@ -37,8 +37,9 @@ class AimSink:
         config: the resolved settings (repo, experiment, run name, tags, remote, resume hash ...).
     """
 
-    def __init__(self, config: TraceletConfig) -> None:
+    def __init__(self, config: TraceletConfig, *, takeover: bool = False) -> None:
         self.config = config
+        self._takeover = takeover  # continuing a run our writer opened: not a user's resume
         self._run: Any = None
         self._hash: str | None = None
         self._artifacts_uri: str | None = None
@@ -109,6 +110,8 @@ class AimSink:
             where = cfg.remote_uri or self._repo_path
             what = f"resume run {cfg.run_hash!r}" if cfg.run_hash else "open a run"
             raise TraceletError(f"tracelet: could not {what} in AIM repo {where}: {exc}") from exc
+        if self._takeover:
+            return run  # the writer that died had set everything below already
         if cfg.run_name:
             run.name = cfg.run_name
         if cfg.run_hash:

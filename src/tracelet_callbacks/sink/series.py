@@ -115,6 +115,7 @@ class ScalarBatcher:
         step = points[0].step if points[0].step is not None else info.count
         self._tracker._update_sequence_info(ctx_idx, name, points[0].value, step)
         last_value = None
+        moved = False  # whether max / min changed after the first point (NaN never moves them)
         now = time.time()
         for position, point in enumerate(points):
             value = point.value
@@ -125,8 +126,10 @@ class ScalarBatcher:
                     last_value = value
                 if value > info.max:
                     info.max = value
+                    moved = True
                 if value < info.min:
                     info.min = value
+                    moved = True
             index = encode_path((info.step_hash_fn(step),))
             stamp = point.timestamp if point.timestamp is not None else now
             fields = (value, step, point.epoch, stamp) if has_step else (value, point.epoch, stamp)
@@ -136,11 +139,9 @@ class ScalarBatcher:
             return []
         # the meta keys Run.track rewrites for every value, written once per batch
         trace = ("traces", ctx_idx, name)
-        updates = [
-            ((*trace, "last_step"), info.count - 1),
-            ((*trace, "max"), info.max),
-            ((*trace, "min"), info.min),
-        ]
+        updates: list[tuple[tuple, float]] = [((*trace, "last_step"), info.count - 1)]
+        if moved:
+            updates += [((*trace, "max"), info.max), ((*trace, "min"), info.min)]
         if last_value is not None:
             updates.append(((*trace, "last"), last_value))
         return updates

@@ -158,9 +158,11 @@ class _Buffered:
             while self._pending:
                 batch = self._take_pending()
                 for start in range(0, len(batch), self._limit):
-                    self._hand_on(_resolved(batch[start : start + self._limit]))
-                    if self._fallback is not None:
-                        break
+                    chunk = _resolved(batch[start : start + self._limit])
+                    if self._fallback is not None:  # the writer died while this batch was handed on
+                        self._fallback.submit(chunk)
+                    else:
+                        self._hand_on(chunk)
 
     def _wait_for(self, ready: Any, what: str, timeout: float = _CLOSE_TIMEOUT) -> None:
         """Wait until ``ready()``; if the writer is gone meanwhile, take over from it instead."""
@@ -516,8 +518,9 @@ class ProcessSink(_Buffered):
     def _close_writer(self, status: str) -> None:
         self._request("close", status)  # answered once the run is closed and indexed
         proc = self._proc
-        os.close(self._out)
-        self._out = -1
+        with self._send_lock:
+            os.close(self._out)
+            self._out = -1
         # the writer's own exit (interpreter teardown) need not delay the training script
         threading.Thread(target=proc.wait, name="tracelet-reap", daemon=True).start()
 
@@ -526,17 +529,18 @@ class ProcessSink(_Buffered):
 
         self._release_writer()
         # the run's lock names the dead writer's pid; aim treats it as stale once that pid is reaped
-        sink = AimSink(self.config.replace(run_hash=self._hash, run_name=None, tags=None))
+        sink = AimSink(self.config.replace(run_hash=self._hash, run_name=None, tags=None), takeover=True)
         sink.open()
         return sink
 
     def _release_writer(self, wait: float = 10.0) -> None:
-        if self._out >= 0:
-            try:
-                os.close(self._out)
-            except OSError:
-                pass
-            self._out = -1
+        with self._send_lock:  # never close the pipe under a message being written
+            if self._out >= 0:
+                try:
+                    os.close(self._out)
+                except OSError:
+                    pass
+                self._out = -1
         if self._proc is not None:
             try:
                 self._proc.wait(timeout=wait)  # reaped, so aim sees its run lock as stale
