@@ -49,10 +49,12 @@ def log_with_tracelet(folder: str, values: int, series: int, writer: str) -> tup
 
 def count(folder: str, run_hash: str) -> int:
     import aim
-    from aim.sdk.index_manager import RepoIndexManager
 
-    repo = aim.Repo.from_path(folder)
-    RepoIndexManager.get_index_manager(repo).index(run_hash)  # aim's own runs are indexed by `aim up`
+    from tracelet_callbacks.sink.run import index_run
+
+    error = index_run(aim.Repo.from_path(folder), run_hash)  # aim's own runs wait for `aim up`
+    if error:
+        print(error)
     total = 0
     for metric in aim.Repo(folder).query_metrics(f"run.hash == {run_hash!r}").iter():
         steps, _ = metric.data.items_list()

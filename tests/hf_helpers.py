@@ -29,9 +29,19 @@ class TokenDataset(torch.utils.data.Dataset):
         }
 
 
-def tiny_bert(seed: int = 0) -> Any:
-    """A 1-layer BERT classifier with hidden size 16, random weights."""
+def tiny_bert(seed: int = 0, fail_at: int | None = None) -> Any:
+    """A 1-layer BERT classifier with hidden size 16, random weights; with ``fail_at``, its forward
+    pass number ``fail_at`` raises ``RuntimeError`` (a training step that crashes)."""
     from transformers import BertConfig, BertForSequenceClassification
+
+    class FailingBert(BertForSequenceClassification):
+        calls = 0
+
+        def forward(self, input_ids: Any = None, attention_mask: Any = None, labels: Any = None) -> Any:
+            self.calls += 1
+            if self.calls == fail_at:
+                raise RuntimeError(f"boom at step {fail_at}")
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
     torch.manual_seed(seed)
     config = BertConfig(
@@ -43,7 +53,28 @@ def tiny_bert(seed: int = 0) -> Any:
         max_position_embeddings=LENGTH,
         num_labels=2,
     )
-    return BertForSequenceClassification(config)
+    return (BertForSequenceClassification if fail_at is None else FailingBert)(config)
+
+
+class LazyNet(torch.nn.Module):
+    """A model whose second layer has no parameters yet (``LazyLinear``: shaped at the first forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3, 2)
+        self.lazy = torch.nn.LazyLinear(4)
+
+
+class BrokenPeftNet(torch.nn.Module):
+    """A model whose PEFT config cannot be read (as a half-converted adapter model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3, 2)
+
+    @property
+    def peft_config(self) -> Any:
+        raise RuntimeError("adapter config unreadable")
 
 
 def tiny_args(output_dir: str, **overrides: Any) -> Any:

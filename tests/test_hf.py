@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -18,16 +20,31 @@ from transformers import Trainer, TrainerState  # noqa: E402
 
 import tracelet_callbacks as tracelet  # noqa: E402
 from conftest import open_repo, read_run, series  # noqa: E402
-from hf_helpers import TokenDataset, tiny_args, tiny_bert  # noqa: E402
+from hf_helpers import BrokenPeftNet, LazyNet, TokenDataset, tiny_args, tiny_bert  # noqa: E402
 
 TRAIN, VAL, TEST = {"subset": "train"}, {"subset": "val"}, {"subset": "test"}
 SECRET = "hf_tracelettestsecret0123456789abcdef"
 QUIET = {"system_tracking_interval": None}
+FAST = {**QUIET, "writer": "thread"}  # no writer process to start: for tests of the callback's own logic
 HERE = Path(__file__).parent
 
 
 def _by_step(history: list[dict], key: str) -> dict[int, float]:
     return {entry["step"]: entry[key] for entry in history if key in entry}
+
+
+def _epochs(repo: Path, name: str, context: dict, run_hash: str) -> dict[int, int]:
+    """``{step: AIM epoch}`` of one series."""
+    query = f"metric.name == {name!r} and run.hash == {run_hash!r}"
+    for metric in open_repo(repo).query_metrics(query).iter():
+        if metric.context.to_dict() == context:
+            steps, (_values, epochs, *_rest) = metric.data.items_list()
+            return dict(zip(steps, epochs, strict=True))
+    return {}
+
+
+def _ours(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, tracelet.TraceletWarning)]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +56,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     callback = tracelet.TraceletCallback(
         config=QUIET, repo_path=str(repo), artifacts_uri=str(store), log_model="all", tags={"team": "nlp"}
     )
+    copies: dict[str, Any] = {"fresh": copy.deepcopy(pickle.loads(pickle.dumps(callback)))}
     args = tiny_args(
         str(root / "out"),
         eval_strategy="steps",
@@ -57,11 +75,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         callbacks=[callback],
     )
     run_hash = callback.run_hash  # the run is open before training
+    copies["open"] = copy.deepcopy(callback).run_hash  # the live run stays behind, its hash travels
     callback.experiment.track(1.5, name="load_seconds", step=0)
     trainer.train()
+    name_after_train = callback.experiment.name  # answered without reopening the closed run
+    copies["ended"] = pickle.loads(pickle.dumps(callback)).run_hash
     after_train = {
         "loss": series(repo, "loss", TRAIN, run_hash),
         "status": read_run(repo, run_hash).get("status"),
+        "active": read_run(repo, run_hash).active,
+        "name": name_after_train,
+        "hash": callback.run_hash,
     }
     history = list(trainer.state.log_history)
     eval_metrics = trainer.evaluate()
@@ -82,6 +106,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "warnings": [str(w.message) for w in caught if issubclass(w.category, tracelet.TraceletWarning)],
         "model": model,
         "args": args,
+        "copies": copies,
     }
 
 
@@ -93,10 +118,25 @@ def test_one_run_with_train_loss_per_logging_step(trained: dict[str, Any]) -> No
     assert series(repo, "loss", TRAIN, run_hash) == pytest.approx(expected)
     assert series(repo, "grad_norm", TRAIN, run_hash) == pytest.approx(_by_step(history, "grad_norm"))
     assert series(repo, "learning_rate", TRAIN, run_hash) == pytest.approx(_by_step(history, "learning_rate"))
-    assert series(repo, "epoch", TRAIN, run_hash) == pytest.approx({1: 0.25, 2: 0.5, 3: 0.75, 4: 1.0})
+    # HF's "epoch" key is state.epoch: AIM's epoch of each point (whole epochs), never a series
+    assert series(repo, "epoch", None, run_hash) == {}
+    assert _epochs(repo, "loss", TRAIN, run_hash) == {1: 0, 2: 0, 3: 0, 4: 1}
     assert series(repo, "load_seconds", {}, run_hash) == {0: 1.5}
-    # durable and queryable as soon as train() returned, closed as finished
-    assert trained["after_train"] == {"loss": pytest.approx(expected), "status": "finished"}
+    # durable and queryable as soon as train() returned, closed as finished; reading the handle's
+    # name afterwards neither reopens the run nor forgets it
+    assert trained["after_train"] == {
+        "loss": pytest.approx(expected),
+        "status": "finished",
+        "active": False,
+        "name": "tiny-bert",
+        "hash": run_hash,
+    }
+
+
+def test_callback_pickles_before_and_after_use(trained: dict[str, Any]) -> None:
+    # HF's Ray search backend pickles the trainer: a copy holds the run hash, not the live run
+    assert trained["copies"]["open"] == trained["copies"]["ended"] == trained["hash"]
+    assert isinstance(trained["copies"]["fresh"], tracelet.TraceletCallback)
 
 
 def test_eval_metrics_in_val_and_evaluate_after_train_joins_the_run(trained: dict[str, Any]) -> None:
@@ -236,6 +276,7 @@ def test_peft_config_and_final_model_with_log_model_true(tmp_path: Path) -> None
     info = run["model"]
     assert info["peft_config"]["default"]["r"] == 2
     assert sorted(info["peft_config"]["default"]["target_modules"]) == ["query", "value"]
+    assert info["peft_config"]["default"]["task_type"] == "SEQ_CLS"  # a str enum, stored as its value
     assert 0 < info["trainable_parameters"] < info["num_parameters"]
     assert info["trainable_parameters"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
     saved = {p.name for p in (store / callback.run_hash / "model").iterdir()}
@@ -271,6 +312,148 @@ def test_exception_in_training_leaves_status_failed(tmp_path: Path) -> None:
     run_hash = done.stdout.split("HASH ", 1)[1].split()[0]
     assert read_run(tmp_path / "aim", run_hash).get("status") == "failed"
     assert sorted(series(tmp_path / "aim", "loss", TRAIN, run_hash)) == [1, 2]
+
+
+def test_one_callback_shared_by_two_trainers_makes_two_runs(tmp_path: Path) -> None:
+    """k-fold loops pass one callback to a Trainer per fold: each fold is its own run, named after its
+    own arguments, with its own params and loss series."""
+    repo = tmp_path / "aim"
+    callback = tracelet.TraceletCallback(config=FAST, repo_path=str(repo))
+    hashes, losses = [], []
+    for fold in range(2):
+        args = tiny_args(
+            str(tmp_path / f"out-{fold}"),
+            max_steps=2,
+            run_name=f"fold-{fold}",
+            learning_rate=(fold + 1) * 1e-3,
+        )
+        trainer = Trainer(
+            model=tiny_bert(seed=fold),
+            args=args,
+            train_dataset=TokenDataset(16, seed=fold),
+            callbacks=[callback],
+        )
+        hashes.append(callback.run_hash)
+        trainer.train()
+        losses.append(_by_step(trainer.state.log_history, "loss"))
+    runs = {run.hash: run for run in open_repo(repo).iter_runs()}
+    assert len(set(hashes)) == 2 and sorted(runs) == sorted(hashes)
+    for fold, run_hash in enumerate(hashes):
+        run = runs[run_hash]
+        assert run.name == f"fold-{fold}"
+        assert run.get("status") == "finished"
+        assert run["hparams"]["learning_rate"] == pytest.approx((fold + 1) * 1e-3)
+        assert series(repo, "loss", TRAIN, run_hash) == pytest.approx(losses[fold])
+    assert losses[0] != pytest.approx(losses[1])
+
+
+def test_an_exception_caught_by_the_user_leaves_that_run_failed(tmp_path: Path) -> None:
+    """The exception never reaches the process's exit (a notebook, a k-fold loop with try/except):
+    the next Trainer given the callback closes the crashed run as failed and opens its own."""
+    repo = tmp_path / "aim"
+    callback = tracelet.TraceletCallback(config=FAST, repo_path=str(repo))
+    crashing = Trainer(
+        model=tiny_bert(fail_at=3),
+        args=tiny_args(str(tmp_path / "out-0"), max_steps=6, run_name="crashes"),
+        train_dataset=TokenDataset(),
+        callbacks=[callback],
+    )
+    crashed = callback.run_hash
+    with pytest.raises(RuntimeError, match="boom at step 3"):
+        crashing.train()
+    Trainer(
+        model=tiny_bert(),
+        args=tiny_args(str(tmp_path / "out-1"), run_name="next"),
+        train_dataset=TokenDataset(),
+        callbacks=[callback],
+    )
+    following = callback.run_hash
+    callback.close()
+    assert following != crashed
+    assert read_run(repo, crashed).get("status") == "failed"
+    assert sorted(series(repo, "loss", TRAIN, crashed)) == [1, 2]
+    assert read_run(repo, following).get("status") == "finished"
+
+
+@pytest.mark.parametrize("log_model", ["all", True])
+def test_an_unwritable_artifact_store_warns_once_and_training_completes(
+    tmp_path: Path, log_model: Any
+) -> None:
+    (tmp_path / "blocker").write_text("a file where the store's folder should be")
+    repo = tmp_path / "aim"
+    callback = tracelet.TraceletCallback(
+        config=FAST,
+        repo_path=str(repo),
+        artifacts_uri=str(tmp_path / "blocker" / "store"),
+        log_model=log_model,
+    )
+    saving = {"save_strategy": "steps", "save_steps": 2} if log_model == "all" else {}
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=tiny_args(str(tmp_path / "out"), **saving),
+        train_dataset=TokenDataset(),
+        callbacks=[callback],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    ours = _ours(caught)
+    assert len(ours) == 1, ours
+    assert ("checkpoints" if log_model == "all" else "final model") in ours[0]
+    run = read_run(repo, callback.run_hash)
+    assert run.get("status") == "finished" and run.active is False
+    assert sorted(series(repo, "loss", TRAIN, callback.run_hash)) == [1, 2, 3, 4]
+
+
+def test_model_params_never_stop_training(tmp_path: Path) -> None:
+    """Lazy (not yet shaped) parameters are counted apart; a model whose params cannot be read at all
+    is one warning, and the TrainingArguments are stored regardless."""
+    repo = tmp_path / "aim"
+    args = tiny_args(str(tmp_path / "out"))
+    found = {}
+    for model in (LazyNet(), BrokenPeftNet()):
+        callback = tracelet.TraceletCallback(config=FAST, repo_path=str(repo))
+        state = TrainerState()
+        callback.on_init_end(args, state, None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            callback.on_train_begin(args, state, None, model=model)
+        callback.on_train_end(args, state, None)
+        found[type(model).__name__] = (callback.run_hash, _ours(caught))
+    # read once everything is written: aim's cached repo view does not see runs indexed after it
+    found = {name: (read_run(repo, run_hash), caught) for name, (run_hash, caught) in found.items()}
+    lazy, lazy_warnings = found["LazyNet"]
+    assert lazy["model"] == {
+        "class": "LazyNet",
+        "num_parameters": 8,
+        "trainable_parameters": 8,
+        "uninitialized_parameters": 2,
+    }
+    assert lazy_warnings == []
+    broken, broken_warnings = found["BrokenPeftNet"]
+    assert len(broken_warnings) == 1 and "model params" in broken_warnings[0]
+    assert "adapter config unreadable" in broken_warnings[0]
+    assert broken.get("model") is None
+    assert broken["hparams"]["max_steps"] == 4
+    assert broken.get("status") == "finished"
+
+
+def test_routing_off_never_puts_eval_or_test_keys_in_train(tmp_path: Path) -> None:
+    repo = tmp_path / "aim"
+    callback = tracelet.TraceletCallback(config=FAST, repo_path=str(repo), routing=False)
+    args, state = tiny_args(str(tmp_path / "out"), run_name="plain"), TrainerState()
+    callback.on_init_end(args, state, None)
+    state.global_step, state.epoch = 3, 1.5
+    logs = {"loss": 0.5, "eval_loss": 0.7, "test_acc": 0.9, "predict_f1": 0.3, "epoch": 1.5}
+    callback.on_log(args, state, None, logs=logs)
+    run_hash = callback.run_hash
+    callback.close()
+    assert series(repo, "loss", TRAIN, run_hash) == {3: 0.5}  # HF's unprefixed keys: train
+    for key, value in (("eval_loss", 0.7), ("test_acc", 0.9), ("predict_f1", 0.3)):
+        assert series(repo, key, None, run_hash) == {3: pytest.approx(value)}, key
+        assert series(repo, key, {}, run_hash) == {3: pytest.approx(value)}, key
+    assert series(repo, "epoch", None, run_hash) == {}
+    assert _epochs(repo, "loss", TRAIN, run_hash) == {3: 1}
 
 
 def test_other_processes_write_nothing(tmp_path: Path) -> None:

@@ -10,9 +10,14 @@ How a run lives (the choice differs from "close at exit" on purpose):
 * anything logged afterwards (``trainer.evaluate()``, ``trainer.predict()``, ``callback.experiment``)
   continues the *same* AIM run (resumed by hash), which is closed again at the next ``on_train_end``,
   by :meth:`TraceletCallback.close`, or at process exit;
+* a later ``Trainer`` given the same callback (k-fold loops) starts a *new* run at its ``on_init_end``;
 * ``hyperparameter_search``: one run per trial, the previous trial's run closed when the next begins;
-* an exception out of ``train()`` leaves the run open; the package's exit handling closes it with
-  status ``failed`` (``interrupted`` for Ctrl-C / SIGTERM).
+* an exception out of ``train()`` leaves the run open: the next ``Trainer`` or trial, or
+  :meth:`TraceletCallback.close`, closes it with status ``failed`` (the exception was caught); if the
+  process ends first, the package's exit handling does (``interrupted`` for Ctrl-C / SIGTERM).
+
+Storing checkpoints or the final model is guarded: a failure is one :class:`TraceletWarning` and
+training goes on.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ import gc
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from .config import FIELDS, TraceletConfig, resolve
 from .core.params import to_params
 from .core.translator import Translator
+from .errors import TraceletValueError, TraceletWarning
 from .experiment import Experiment, RunHandle
 from .session import global_rank
 
@@ -46,6 +53,8 @@ _SUMMARY_KEYS = frozenset(
 )
 #: ``TrainingArguments`` pickle in every checkpoint folder; it holds ``hub_token``, so it is never stored.
 _TRAINING_ARGS_FILE = "training_args.bin"
+#: ``Trainer``'s own metric prefixes: such keys never take the default ``train`` subset, routed or not.
+_HF_PREFIXES = ("eval_", "test_", "predict_")
 
 
 class TraceletCallback(TrainerCallback):
@@ -81,13 +90,21 @@ class TraceletCallback(TrainerCallback):
         else:
             self._config = resolve(settings, config)  # a bad key fails here, not mid-training
         self._exp: Experiment | None = None
-        self._ended_hash: str | None = None  # closed at train end; resumed if more is logged
-        self._trained = False  # the current run has begun training (the next trial needs a new run)
+        self._ended_hash: str | None = None  # closed at train end (or left by pickling); resumed on use
+        self._run_name: str | None = None  # the current run's display name, known without opening it
+        self._runs = 0  # experiments made; the ``run_hash`` setting names the first one only
+        self._main: bool | None = None
+        self._placed: dict[str, bool] = {}  # key -> the routing table gives it a subset
+        self._warned: set[str] = set()
+        self._reset()
+
+    def _reset(self) -> None:
+        """Per-run state, fresh for each ``Trainer`` that trained before the next one is built."""
+        self._trained = False  # the current run has begun training (the next trainer / trial: a new run)
+        self._training = False  # between on_train_begin and on_train_end: still set = train() raised
         self._params_logged = False
         self._trials = 0
-        self._main: bool | None = None
         self._base_name: str | None = self._config.run_name
-        self._placed: dict[str, bool] = {}  # key -> the routing table gives it a subset
         self._saved: dict[str, float] = {}  # checkpoint folder -> mtime stored
 
     # -- the run ------------------------------------------------------------------------------------
@@ -97,7 +114,7 @@ class TraceletCallback(TrainerCallback):
         """``aim.Run``'s writing surface over this callback's run (a do-nothing stand-in off rank 0).
 
         The handle follows the callback: after ``train()`` closed the run, tracking through it continues
-        the same AIM run."""
+        the same AIM run; reading ``hash`` or ``name`` does not reopen it."""
         return _CallbackRunHandle(self)
 
     @property
@@ -115,11 +132,34 @@ class TraceletCallback(TrainerCallback):
         if self._exp is not None and self._ended_hash is None:
             self._exp.flush()
 
-    def close(self, status: str = "finished") -> None:
-        """Close the run now (after a final ``trainer.evaluate()``, say) instead of at process exit."""
-        if self._exp is not None and self._ended_hash is None:
-            self._exp.close(status)
-            self._ended_hash = self._exp.hash if self._exp.enabled else None
+    def close(self, status: str | None = None) -> None:
+        """Close the run now (after a final ``trainer.evaluate()``, say) instead of at process exit.
+
+        ``status`` defaults to ``finished``, or ``failed`` when the last ``train()`` raised."""
+        if status is None:
+            status = "failed" if self._training else "finished"
+        self._training = False
+        exp = self._exp
+        if exp is None or self._ended_hash is not None:
+            return
+        run_hash = None
+        if exp.enabled:
+            run_hash = exp.hash if exp.is_open else exp.config.run_hash
+        exp.close(status)
+        self._ended_hash = run_hash
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The live run stays behind (it holds locks and a writer); its hash travels, so a copy (HF's
+        Ray search pickles the trainer) continues the same run when it first logs."""
+        state = self.__dict__.copy()
+        exp = state["_exp"]
+        if exp is not None and exp.enabled and state["_ended_hash"] is None:
+            state["_ended_hash"] = exp.hash if exp.is_open else exp.config.run_hash
+        state["_exp"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)  # lazy: the run is resumed by hash on first use
 
     def _is_main(self, state: Any = None) -> bool:
         """The one rank decision: only the world process zero writes (remembered for calls that come
@@ -132,25 +172,50 @@ class TraceletCallback(TrainerCallback):
 
     def _live(self, state: Any = None) -> Experiment:
         """The experiment values go to now; opened lazily, the same AIM run resumed after train end."""
-        if self._exp is None:
-            main = self._is_main(state)
-            self._exp = Experiment(self._config.replace(run_name=self._base_name), enabled=main)
-        elif self._ended_hash is not None:
+        if self._ended_hash is not None:
             # aim keeps a closed Run's storage open in this process through reference cycles (an
             # in-process sink); resuming while they live corrupts the run's existing series
             gc.collect()
             resumed = self._config.replace(run_hash=self._ended_hash, run_name=None, tags=None)
             self._exp, self._ended_hash = Experiment(resumed), None
+        elif self._exp is None:
+            self._exp = self._new_experiment(self._base_name, enabled=self._is_main(state))
         return self._exp
+
+    def _new_experiment(self, run_name: str | None, enabled: bool = True) -> Experiment:
+        config = self._config.replace(run_name=run_name)
+        if self._runs:
+            config = config.replace(run_hash=None)  # a later trainer or trial is a new run
+        self._runs += 1
+        self._run_name = run_name
+        return Experiment(config, enabled=enabled)
 
     def _translator(self, state: Any) -> Translator | None:
         if not self._is_main(state):
             return None
         return self._live(state).translator
 
+    def _guarded(self, what: str, action: Any, *args: Any) -> None:
+        """Run ``action``; a failure (the artifact store cannot be written ...) is one warning per
+        ``what`` and training goes on."""
+        try:
+            action(*args)
+        except TraceletValueError:
+            raise  # strict=True asked for it
+        except Exception as exc:
+            if what not in self._warned:
+                self._warned.add(what)
+                warnings.warn(
+                    f"tracelet: {what} failed ({exc}); training goes on", TraceletWarning, stacklevel=3
+                )
+
     # -- Trainer events -----------------------------------------------------------------------------
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._trained:  # a new Trainer after one that trained (k-fold): a new run, fresh state
+            self.close()
+            self._exp, self._ended_hash = None, None
+            self._reset()
         if self._base_name is None:
             self._base_name = getattr(args, "run_name", None)
         if self._is_main(state):
@@ -163,7 +228,7 @@ class TraceletCallback(TrainerCallback):
             self._base_name = getattr(args, "run_name", None)
         if state.is_hyper_param_search:
             self._begin_trial(state)
-        self._trained = True
+        self._trained = self._training = True
         self._log_params(args, state, model)
 
     def _begin_trial(self, state: Any) -> None:
@@ -171,12 +236,13 @@ class TraceletCallback(TrainerCallback):
         name = state.trial_name or f"trial-{self._trials}"
         run_name = f"{self._base_name}-{name}" if self._base_name else name
         if self._trained:
-            self.close("finished")
-            self._exp, self._ended_hash = Experiment(self._config.replace(run_name=run_name)), None
+            self.close()  # ``failed`` if the previous trial raised (optuna's ``catch=``)
+            self._exp, self._ended_hash = self._new_experiment(run_name), None
             self._params_logged = False
             self._saved.clear()
         elif (translator := self._live(state).translator) is not None:
             translator.run_info(name=run_name)
+            self._run_name = run_name
         trial = {"name": name, "number": self._trials, "params": dict(state.trial_params or {})}
         if (translator := self._live(state).translator) is not None:
             translator.params(trial, key="trial")
@@ -188,9 +254,9 @@ class TraceletCallback(TrainerCallback):
             return
         self._params_logged = True
         if args is not None:
-            translator.params(args, key="hparams")
+            translator.params(args, key="hparams")  # the translator already guards the conversion
         if model is not None:
-            translator.params(_model_params(model), key="model")
+            self._guarded("storing the model params", _store_model_params, translator, model)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if not logs or not self._is_main(state):
@@ -200,7 +266,8 @@ class TraceletCallback(TrainerCallback):
             return
         final = "train_runtime" in logs  # the end-of-train() dict: all of it is summary
         summary = {key: value for key, value in logs.items() if final or key in _SUMMARY_KEYS}
-        values = {key: value for key, value in logs.items() if key not in summary}
+        # ``epoch`` is state.epoch, passed as AIM's epoch below: not a series of its own
+        values = {key: value for key, value in logs.items() if key not in summary and key != "epoch"}
         self._scalars(translator, values, state, "train")
         if summary:
             translator.params({**summary, "global_step": state.global_step}, key="summary")
@@ -233,40 +300,49 @@ class TraceletCallback(TrainerCallback):
         if self._config.log_model == "all":
             mtime = os.path.getmtime(folder)
             if self._saved.get(folder) != mtime:
-                self._store_folder(folder, f"checkpoints/{name}", args)
+                self._guarded("storing checkpoints", self._store_folder, folder, f"checkpoints/{name}", args)
                 self._saved[folder] = mtime
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if not self._is_main(state):
             return
+        self._training = False
         translator = self._translator(state)
         if translator is None:
             return
-        if state.best_model_checkpoint:
-            translator.params({"best": state.best_model_checkpoint}, key="checkpoints")
-        if self._config.log_model is True and model is not None:
-            with tempfile.TemporaryDirectory() as folder:
-                _save_model(model, kwargs.get("processing_class"), folder)
-                self._store_folder(folder, "model", args)
-        self.close("finished")
+        try:
+            if state.best_model_checkpoint:
+                translator.params({"best": state.best_model_checkpoint}, key="checkpoints")
+            if self._config.log_model is True and model is not None:
+                processing_class = kwargs.get("processing_class")
+                self._guarded("storing the final model", self._store_model, model, processing_class, args)
+        finally:
+            self.close("finished")
 
     # -- helpers ------------------------------------------------------------------------------------
 
     def _scalars(self, translator: Translator, values: Mapping[str, Any], state: Any, subset: str) -> None:
         """``Trainer``'s keys name no subset for training values (``loss``, ``grad_norm``): those go to
-        ``subset``; keys the routing table places (``eval_*``, ``test_*``) keep their own."""
+        ``subset``; keys the routing table places (``eval_*``, ``test_*``) keep their own, and HF's
+        own prefixes never take ``subset`` even when the table leaves them as they are."""
         routed: dict[str, Any] = {}
         unplaced: dict[str, Any] = {}
         for key, value in values.items():
             placed = self._placed.get(key)
             if placed is None:
                 found = translator.table(key)
-                placed = self._placed[key] = "subset" in found.context or found.name != key
+                placed = "subset" in found.context or found.name != key or key.startswith(_HF_PREFIXES)
+                self._placed[key] = placed
             (routed if placed else unplaced)[key] = value
         if routed:
             translator.scalars(routed, state.global_step, state.epoch)
         if unplaced:
             translator.scalars(unplaced, state.global_step, state.epoch, {"subset": subset})
+
+    def _store_model(self, model: Any, processing_class: Any, args: Any) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            _save_model(model, processing_class, folder)
+            self._store_folder(folder, "model", args)
 
     def _store_folder(self, folder: str, artifact_path: str, args: Any) -> None:
         """Copy a checkpoint / model folder into the artifact store, ``training_args.bin`` replaced by
@@ -302,10 +378,37 @@ class _CallbackRunHandle(RunHandle):
     def hash(self) -> str | None:
         return self._callback.run_hash
 
+    @property
+    def name(self) -> str | None:
+        """The run's display name, answered without reopening a run closed at train end."""
+        callback = self._callback
+        return callback._run_name if callback._is_main() else None
+
+    @name.setter
+    def name(self, value: str) -> None:
+        exp = self._exp
+        if (translator := exp.translator) is not None:
+            exp._name = self._callback._run_name = str(value)
+            translator.run_info(name=str(value))
+
+    def __bool__(self) -> bool:
+        exp = self._callback._exp
+        return exp.enabled if exp is not None else self._callback._is_main()
+
+
+def _store_model_params(translator: Translator, model: Any) -> None:
+    translator.params(_model_params(model), key="model")
+
 
 def _model_params(model: Any) -> dict[str, Any]:
-    total = trainable = 0
+    """Class, parameter counts (lazy parameters, not materialised yet, counted apart), config, PEFT."""
+    import torch
+
+    total = trainable = lazy = 0
     for parameter in model.parameters():
+        if isinstance(parameter, torch.nn.parameter.UninitializedParameter):
+            lazy += 1  # numel() raises until the first forward pass gives it a shape
+            continue
         count = parameter.numel()
         total += count
         trainable += count if parameter.requires_grad else 0
@@ -314,14 +417,14 @@ def _model_params(model: Any) -> dict[str, Any]:
         "num_parameters": total,
         "trainable_parameters": trainable,
     }
+    if lazy:
+        found["uninitialized_parameters"] = lazy
     config = getattr(model, "config", None)
     if config is not None:
         found["config"] = config
     peft_config = getattr(model, "peft_config", None)
     if peft_config:
-        # PEFT's enums are str subclasses that core.params passes through as-is and aim refuses to
-        # encode; a JSON round trip leaves plain strings (remove once core.params converts them)
-        found["peft_config"] = json.loads(json.dumps(to_params(peft_config)))
+        found["peft_config"] = peft_config
     return found
 
 

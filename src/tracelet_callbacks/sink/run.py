@@ -22,7 +22,7 @@ from ..errors import TraceletError, TraceletWarning
 from .environment import environment_params
 from .series import ScalarBatcher
 
-__all__ = ["AimSink", "check_repo_path", "check_server"]
+__all__ = ["AimSink", "check_repo_path", "check_server", "index_run"]
 
 log = logging.getLogger("tracelet_callbacks")
 
@@ -49,6 +49,7 @@ class AimSink:
         self._failures = 0
         self._batcher: Any = None  # ScalarBatcher once the run is open; False when unavailable
         self.last_error: str | None = None
+        self.index_error: str | None = None
         self.status: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -309,9 +310,12 @@ class AimSink:
                         f"tracelet: closing AIM run {run.hash} failed: {exc!r}", TraceletWarning, stacklevel=3
                     )
             if self._repo_path is not None:
-                _index_run(self._repo_path, run.hash)
-            else:
-                _index_remote_run(repo, run.hash)
+                from aim import Repo
+
+                repo = Repo.from_path(self._repo_path)
+            self.index_error = index_run(repo, run.hash)
+            if self.index_error:
+                warnings.warn(f"tracelet: {self.index_error}", TraceletWarning, stacklevel=3)
 
 
 def _aim_image(image: rec.ImageData) -> Any:
@@ -361,13 +365,15 @@ def check_server(remote_uri: str) -> None:
         ) from exc
 
 
-def _index_remote_run(repo: Any, run_hash: str, attempts: int = 20) -> None:
-    """The same indexing step, run on the server through aim's remote proxies.
+def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
+    """Make a closed run visible to ``Repo.iter_runs()`` / ``query_*`` now; the error text if it could not.
 
-    ``aim server`` never indexes (only ``aim up`` does), so without this a run logged remotely is
-    invisible to every reader. aim 3.29 has no public call for it: this uses ``Repo._get_index_tree``
-    (pinned by ``aim<4`` and by tests/test_remote.py) and retries while another process (``aim up``)
-    holds the index lock.
+    aim shows only indexed runs, and only ``aim up`` indexes (``aim server`` never does), so without
+    this a user's first query after training finds nothing. aim 3.29 has no public call that reports
+    failure (``RepoIndexManager.index`` logs and returns), so this merges the run's meta chunk into the
+    index itself, through ``Repo._get_index_tree`` (pinned by ``aim<4`` and by the tests), locally or
+    on a server through aim's proxies. The index is one RocksDB that one process at a time may open
+    for writing (``aim up`` indexing, another run closing): retry for a while before giving up.
     """
     import gc
     import time
@@ -379,33 +385,13 @@ def _index_remote_run(repo: Any, run_hash: str, attempts: int = 20) -> None:
             index = repo._get_index_tree("meta", 0).view(())
             chunk = repo.request_tree("meta", run_hash, read_only=True).subtree(("meta", "chunks", run_hash))
             chunk.finalize(index=index)
-            return
+            return None
         except Exception as exc:
             last = exc
             time.sleep(0.25)
         finally:
+            # drop the handles now: a local index holds its database's lock until it is freed, and a
+            # held server-side handle shows readers old data
             index = chunk = None
-            gc.collect()  # drop the server-side handles now: a held index handle shows readers old data
-    warnings.warn(
-        f"tracelet: run {run_hash} is saved on the server but could not be indexed ({last}); "
-        "`aim up` on the server's repo will index it",
-        TraceletWarning,
-        stacklevel=3,
-    )
-
-
-def _index_run(repo_path: str, run_hash: str) -> None:
-    """Make a closed run visible to ``Repo.iter_runs()`` / ``query_*`` now, not when ``aim up`` gets to it."""
-    try:
-        from aim import Repo
-        from aim.sdk.index_manager import RepoIndexManager
-
-        repo = Repo.from_path(repo_path)
-        RepoIndexManager.get_index_manager(repo).index(run_hash)
-    except Exception as exc:
-        warnings.warn(
-            f"tracelet: run {run_hash} is saved but could not be indexed ({exc}); "
-            "`aim up` will index it when it starts",
-            TraceletWarning,
-            stacklevel=3,
-        )
+            gc.collect()
+    return f"run {run_hash} is saved but could not be indexed ({last}); `aim up` will index it"

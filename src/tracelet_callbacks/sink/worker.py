@@ -177,7 +177,7 @@ def _serve(sink: Any, inbox: queue.Queue, reply: Any) -> int:
                 reply(("reply", seq, False, repr(exc)))
         elif kind == "close":
             sink.close(message[2])
-            reply(("reply", seq, True, None))
+            reply(("reply", seq, True, sink.index_error))  # the trainer says it if indexing failed
             return 0
 
 

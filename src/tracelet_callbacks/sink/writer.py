@@ -24,25 +24,20 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import warnings
-from collections.abc import Iterable
 from typing import Any
 
 from ..config import TraceletConfig
 from ..core import records as rec
-from ..core.values import resolve_deferred
 from ..errors import TraceletError, TraceletWarning
+from .buffered import CLOSE_TIMEOUT, BufferedSink, Unavailable
 from .worker import FrameReader, pack, send_frame
 
 __all__ = ["ProcessSink", "ThreadSink", "open_sink"]
 
 log = logging.getLogger("tracelet_callbacks")
 
-#: How many batches may be handed on but not yet durable before the caller waits.
-_IN_FLIGHT_BATCHES = 32
 _START_TIMEOUT = 120.0
-_CLOSE_TIMEOUT = 300.0
 _F_SETPIPE_SZ = 1031  # Linux: a 1 MiB pipe holds a whole batch, so a busy writer rarely blocks the trainer
 
 
@@ -70,269 +65,7 @@ def open_sink(config: TraceletConfig) -> Any:
     return sink
 
 
-class _Buffered:
-    """What both writers share: the caller-side buffer, the timer, back-pressure and the fallback."""
-
-    def __init__(self, config: TraceletConfig) -> None:
-        self.config = config
-        self._pending: collections.deque = collections.deque()
-        self._limit = config.buffer_size
-        self._ship_lock = threading.RLock()
-        self._acked = threading.Condition()
-        self._in_flight: dict[int, list] = {}  # batches handed on, not yet durable
-        self._watched: set[int] = set()
-        self._replies: dict[int, tuple] = {}
-        self._gone = False
-        self._gone_reason = ""
-        self._seq = 0
-        self._fallback: Any = None  # an in-process AimSink once the writer died
-        self._closed = False
-        self._stop = threading.Event()
-        self._timer: threading.Thread | None = None
-        self._failures = 0
-        self._reported = False
-        self._hash: str | None = None
-        self._artifacts_uri: str | None = None
-        self.status: str | None = None
-
-    # -- what the translator and the run handle see -------------------------------------------------
-
-    @property
-    def hash(self) -> str | None:
-        return self._hash
-
-    @property
-    def artifacts_uri(self) -> str | None:
-        return self._artifacts_uri
-
-    @property
-    def failures(self) -> int:
-        """How many records AIM refused (each batch's count comes back with its acknowledgement)."""
-        return self._fallback.failures if self._fallback is not None else self._failures
-
-    def submit(self, records: Iterable[rec.Record]) -> None:
-        if self._closed:
-            warnings.warn(
-                "tracelet: a value was logged after the run was closed; it is dropped",
-                TraceletWarning,
-                stacklevel=3,
-            )
-            return
-        if self._fallback is not None:
-            self._fallback.submit(records)
-            return
-        pending = self._pending
-        for record in records:
-            if type(record) is rec.Artifact:  # an explicit call: wait for it and answer it
-                self._ship()
-                self._store_artifact(record)
-                continue
-            pending.append(record)
-        if len(pending) >= self._limit:
-            self._ship()
-
-    def _start_timer(self) -> None:
-        def tick() -> None:
-            while not self._stop.wait(self.config.flush_secs):
-                try:
-                    self._ship()
-                    self._check_alive()
-                except Exception as exc:  # never let the timer die silently
-                    log.debug("tracelet: periodic flush failed: %r", exc)
-
-        self._timer = threading.Thread(target=tick, name="tracelet-flush", daemon=True)
-        self._timer.start()
-
-    def _take_pending(self) -> list:
-        pending = self._pending
-        # popleft is atomic, so a caller appending from another thread never loses a record
-        return [pending.popleft() for _ in range(len(pending))]
-
-    def _ship(self) -> None:
-        """Hand everything pending to the writer as batches of at most ``buffer_size`` records."""
-        with self._ship_lock:
-            if self._fallback is not None:
-                if self._pending:
-                    self._fallback.submit(self._take_pending())
-                return
-            while self._pending:
-                batch = self._take_pending()
-                for start in range(0, len(batch), self._limit):
-                    chunk = _resolved(batch[start : start + self._limit])
-                    if self._fallback is not None:  # the writer died while this batch was handed on
-                        self._fallback.submit(chunk)
-                    else:
-                        self._hand_on(chunk)
-
-    def _wait_for(self, ready: Any, what: str, timeout: float = _CLOSE_TIMEOUT) -> None:
-        """Wait until ``ready()``; if the writer is gone meanwhile, take over from it instead."""
-        deadline = time.monotonic() + timeout
-        with self._acked:
-            while not ready() and self._fallback is None and not self._gone:
-                if time.monotonic() > deadline:
-                    raise TraceletError(f"tracelet: the AIM writer did not {what} within {timeout:.0f} s")
-                if not self._acked.wait(0.5):
-                    self._poll_writer()
-            gone = self._gone and self._fallback is None and not ready()
-        if gone:
-            self._died(self._gone_reason)
-
-    def _check_alive(self) -> None:
-        self._poll_writer()
-        if self._gone and self._fallback is None and not self._closed:
-            self._died(self._gone_reason)
-
-    def _writer_gone(self, reason: str) -> None:
-        with self._acked:
-            if not self._gone:
-                self._gone, self._gone_reason = True, reason
-            self._acked.notify_all()
-
-    def _hand_on(self, batch: list) -> None:
-        self._wait_for(lambda: len(self._in_flight) < _IN_FLIGHT_BATCHES, "take a batch")
-        with self._acked:
-            if self._fallback is not None:
-                self._fallback.submit(batch)
-                return
-            self._seq += 1
-            seq = self._seq
-            self._in_flight[seq] = batch
-        self._deliver(seq, batch)
-
-    def _acknowledge(self, seq: int, failures: int, error: str | None) -> None:
-        with self._acked:
-            self._in_flight.pop(seq, None)
-            self._failures = max(self._failures, failures)
-            if seq in self._watched:  # someone waits for this one's outcome (an artifact)
-                self._replies[seq] = (error,)
-                error = None
-            self._acked.notify_all()
-        if failures and not self._reported:
-            self._reported = True
-            log.error("tracelet: writing to AIM failed: %s (training goes on)", error)
-            warnings.warn(
-                f"tracelet: writing to AIM failed ({error}); training goes on", TraceletWarning, stacklevel=2
-            )
-
-    def _wait_durable(self, timeout: float) -> None:
-        self._wait_for(lambda: not self._in_flight, "confirm a write", timeout)
-
-    def flush(self) -> None:
-        """Return once everything submitted so far is durable."""
-        if self._closed:
-            return
-        self._ship()
-        if self._fallback is None:
-            self._wait_durable(_CLOSE_TIMEOUT)
-        if self._fallback is not None:
-            self._fallback.flush()
-
-    def _died(self, reason: str) -> None:
-        """The writer is gone: say so once and continue in this process on the same run."""
-        with self._ship_lock, self._acked:
-            if self._fallback is not None or (self._closed and self.status is not None):
-                return
-            log.error("tracelet: the AIM writer stopped (%s); writing from the training process now", reason)
-            warnings.warn(
-                f"tracelet: the AIM writer stopped ({reason}); logging goes on from this process, "
-                "nothing acknowledged or pending is lost",
-                TraceletWarning,
-                stacklevel=2,
-            )
-            try:
-                sink = self._take_over()
-            except Exception as exc:
-                log.error(
-                    "tracelet: cannot write to AIM from this process either (%s); values are dropped", exc
-                )
-                sink = _Unavailable(str(exc))
-            for seq in sorted(self._in_flight):
-                sink.submit(self._in_flight[seq])
-            self._in_flight.clear()
-            self._fallback = sink
-            self._acked.notify_all()
-
-    def close(self, status: str = "finished") -> None:
-        status = rec.normalise_status(status)
-        with self._ship_lock:
-            if self._closed:
-                return
-            try:
-                self._ship()
-            finally:
-                self._closed = True
-                self._stop.set()
-            if self._fallback is None:
-                try:
-                    self._close_writer(status)
-                except Exception as exc:
-                    self._died(f"{exc}")
-            if self._fallback is not None:
-                self._fallback.close(status)
-            self.status = status
-
-    # -- what each writer provides ------------------------------------------------------------------
-
-    def _deliver(self, seq: int, batch: list) -> None:
-        raise NotImplementedError
-
-    def _store_artifact(self, record: rec.Artifact) -> None:
-        raise NotImplementedError
-
-    def _poll_writer(self) -> None:
-        """Call ``_writer_gone`` if the writer is no longer there."""
-        raise NotImplementedError
-
-    def _close_writer(self, status: str) -> None:
-        raise NotImplementedError
-
-    def _take_over(self) -> Any:
-        """An in-process ``AimSink`` writing to the same run."""
-        raise NotImplementedError
-
-
-class _Unavailable:
-    """Where records go when neither the writer nor this process can write to AIM: nowhere, counted."""
-
-    hash = artifacts_uri = None
-
-    def __init__(self, error: str) -> None:
-        self.error = error
-        self.failures = 0
-
-    def submit(self, records: Iterable[rec.Record]) -> None:
-        self.failures += sum(1 for _ in records)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self, status: str = "finished") -> None:
-        pass
-
-    def get(self, key: str) -> Any:
-        raise KeyError(key)
-
-
-def _resolved(batch: list) -> list:
-    """Values left on their device when logged (``Deferred``) become floats now, in one copy."""
-    waiting = [i for i, r in enumerate(batch) if type(r) is rec.Scalar and type(r.value) is not float]
-    if not waiting:
-        return batch
-    try:
-        numbers = resolve_deferred([batch[i].value for i in waiting])
-    except Exception as exc:  # a device error: these values cannot be read; say so and keep the rest
-        log.error(
-            "tracelet: could not read %d values from their device: %r; they are dropped", len(waiting), exc
-        )
-        lost = set(waiting)
-        return [record for i, record in enumerate(batch) if i not in lost]
-    out = list(batch)
-    for i, number in zip(waiting, numbers, strict=True):
-        out[i] = batch[i]._replace(value=number)
-    return out
-
-
-class ProcessSink(_Buffered):
+class ProcessSink(BufferedSink):
     """Writes through ``python -m tracelet_callbacks.sink.worker`` (see the module docstring)."""
 
     def __init__(self, config: TraceletConfig) -> None:
@@ -453,7 +186,7 @@ class ProcessSink(_Buffered):
             # the writer could not open the run; this process would fail the same way
             log.error("%s; values logged to this run are dropped", self._open_error)
             with self._acked:
-                self._fallback = _Unavailable(self._open_error)
+                self._fallback = Unavailable(self._open_error)
                 self._acked.notify_all()
         elif not self._closed:
             self._writer_gone("its pipe closed")
@@ -472,7 +205,7 @@ class ProcessSink(_Buffered):
             self._writer_gone(f"writing to it failed: {exc}")
             self._died(self._gone_reason)
 
-    def _request(self, kind: str, *args: Any, timeout: float = _CLOSE_TIMEOUT) -> tuple:
+    def _request(self, kind: str, *args: Any, timeout: float = CLOSE_TIMEOUT) -> tuple:
         with self._acked:
             self._seq += 1
             seq = self._seq
@@ -516,7 +249,9 @@ class ProcessSink(_Buffered):
             self._writer_gone(f"exit code {proc.returncode}")
 
     def _close_writer(self, status: str) -> None:
-        self._request("close", status)  # answered once the run is closed and indexed
+        ok, index_error = self._request("close", status)  # answered once the run is closed and indexed
+        if ok and index_error:
+            warnings.warn(f"tracelet: {index_error}", TraceletWarning, stacklevel=4)
         proc = self._proc
         with self._send_lock:
             os.close(self._out)
@@ -549,7 +284,7 @@ class ProcessSink(_Buffered):
                 self._proc.wait()
 
 
-class ThreadSink(_Buffered):
+class ThreadSink(BufferedSink):
     """Writes from a thread in this process, through an ``AimSink``."""
 
     def __init__(self, config: TraceletConfig) -> None:
@@ -606,7 +341,7 @@ class ThreadSink(_Buffered):
     def _close_writer(self, status: str) -> None:
         self._deliver(None, [])  # type: ignore[arg-type]
         if self._thread is not None:
-            self._thread.join(_CLOSE_TIMEOUT)
+            self._thread.join(CLOSE_TIMEOUT)
         self._sink.close(status)
 
     def _take_over(self) -> Any:
