@@ -152,7 +152,11 @@ class BufferedSink:
             self._seq += 1
             seq = self._seq
             self._in_flight[seq] = batch
-        self._deliver(seq, batch)
+        kept = self._deliver(seq, batch)
+        if kept is not batch:
+            with self._acked:  # unless it was acknowledged meanwhile
+                if seq in self._in_flight:
+                    self._in_flight[seq] = kept
 
     def _acknowledge(self, seq: int, failures: int, error: str | None) -> None:
         with self._acked:
@@ -202,7 +206,7 @@ class BufferedSink:
                 )
                 sink = Unavailable(str(exc))
             for seq in sorted(self._in_flight):
-                sink.submit(self._in_flight[seq])
+                sink.submit(self._replay(self._in_flight[seq]))
             self._in_flight.clear()
             self._fallback = sink
             self._acked.notify_all()
@@ -228,8 +232,13 @@ class BufferedSink:
 
     # -- what each writer provides ------------------------------------------------------------------
 
-    def _deliver(self, seq: int, batch: list) -> None:
+    def _deliver(self, seq: int, batch: list) -> Any:
+        """Hand ``batch`` to the writer; returns what to keep until it is acknowledged."""
         raise NotImplementedError
+
+    def _replay(self, kept: Any) -> list:
+        """The records of something ``_deliver`` returned, for the takeover."""
+        return kept
 
     def _store_artifact(self, record: rec.Artifact) -> None:
         raise NotImplementedError

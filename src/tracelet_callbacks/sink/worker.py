@@ -31,16 +31,25 @@ import threading
 import warnings
 from typing import Any
 
-__all__ = ["FrameReader", "main", "pack", "send_frame", "unpack"]
+__all__ = ["FrameReader", "decode_frame", "encode_frame", "main", "pack", "send_frame", "unpack"]
 
 _HEADER = struct.Struct("!Q")
 _POLL_SECS = 1.0
 
 
-def send_frame(fd: int, message: Any) -> None:
-    """Write one framed message; a full pipe blocks, which is the back-pressure."""
+def encode_frame(message: Any) -> bytes:
+    """One message as the bytes :func:`send_frame` writes (length, then the pickle)."""
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    data = memoryview(_HEADER.pack(len(payload)) + payload)
+    return _HEADER.pack(len(payload)) + payload
+
+
+def decode_frame(frame: bytes) -> Any:
+    return pickle.loads(frame[_HEADER.size :])
+
+
+def send_frame(fd: int, message: Any) -> None:
+    """Write one framed message (or the bytes of one); a full pipe blocks: that is the back-pressure."""
+    data = memoryview(message if isinstance(message, bytes) else encode_frame(message))
     while data:
         written = os.write(fd, data)
         data = data[written:]

@@ -31,7 +31,7 @@ from ..config import TraceletConfig
 from ..core import records as rec
 from ..errors import TraceletError, TraceletWarning
 from .buffered import CLOSE_TIMEOUT, BufferedSink, Unavailable
-from .worker import FrameReader, pack, send_frame
+from .worker import FrameReader, decode_frame, encode_frame, pack, send_frame, unpack
 
 __all__ = ["ProcessSink", "ThreadSink", "open_sink"]
 
@@ -198,12 +198,19 @@ class ProcessSink(BufferedSink):
         except Exception as exc:
             log.error("tracelet: could not take over from the AIM writer: %r", exc)
 
-    def _deliver(self, seq: int, batch: list) -> None:
+    def _deliver(self, seq: int, batch: list) -> Any:
+        # what is kept for a takeover is the frame itself: one bytes object instead of a thousand
+        # records the garbage collector would walk over and over while they wait for their ack
+        frame = encode_frame(("batch", seq, pack(batch)))
         try:
-            self._send(("batch", seq, pack(batch)))
+            self._send(frame)
         except OSError as exc:
             self._writer_gone(f"writing to it failed: {exc}")
             self._died(self._gone_reason)
+        return frame
+
+    def _replay(self, kept: Any) -> list:
+        return unpack(decode_frame(kept)[2]) if isinstance(kept, bytes) else kept
 
     def _request(self, kind: str, *args: Any, timeout: float = CLOSE_TIMEOUT) -> tuple:
         with self._acked:
@@ -321,9 +328,10 @@ class ThreadSink(BufferedSink):
                     return
                 self._acknowledge(seq, self._sink.failures, None)
 
-    def _deliver(self, seq: int, batch: list) -> None:
+    def _deliver(self, seq: int, batch: list) -> Any:
         self._queue.append((seq, batch))
         self._wake.set()
+        return batch
 
     def get(self, key: str) -> Any:
         self.flush()
