@@ -18,7 +18,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from .config import TraceletConfig
-from .core.params import REDACTED, is_secret_key, redact_text
+from .core.params import REDACTED, is_secret_key, parameter_counts, redact_text
 
 __all__ = [
     "CHECKPOINT_INDEX",
@@ -79,16 +79,8 @@ def _unique_names(objects: list[Any]) -> list[str]:
 
 
 def model_params(model: Any) -> dict[str, Any]:
-    total = trainable = 0
-    for parameter in model.parameters():
-        try:
-            count = parameter.numel()
-        except ValueError:  # a lazy module's parameter before its first forward
-            continue
-        total += count
-        trainable += count if parameter.requires_grad else 0
     # the same keys as the Hugging Face adapter's, so runs of both compare in one table
-    return {"class": type(model).__name__, "num_parameters": total, "trainable_parameters": trainable}
+    return parameter_counts(model)
 
 
 def trainer_params(trainer: Any) -> dict[str, Any]:

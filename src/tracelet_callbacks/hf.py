@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import FIELDS, TraceletConfig, resolve
-from .core.params import to_params
+from .core.params import parameter_counts, to_params
 from .core.translator import Translator
 from .errors import TraceletValueError, TraceletWarning
 from .experiment import Experiment, RunHandle
@@ -401,24 +401,8 @@ def _store_model_params(translator: Translator, model: Any) -> None:
 
 
 def _model_params(model: Any) -> dict[str, Any]:
-    """Class, parameter counts (lazy parameters, not materialised yet, counted apart), config, PEFT."""
-    import torch
-
-    total = trainable = lazy = 0
-    for parameter in model.parameters():
-        if isinstance(parameter, torch.nn.parameter.UninitializedParameter):
-            lazy += 1  # numel() raises until the first forward pass gives it a shape
-            continue
-        count = parameter.numel()
-        total += count
-        trainable += count if parameter.requires_grad else 0
-    found: dict[str, Any] = {
-        "class": type(model).__name__,
-        "num_parameters": total,
-        "trainable_parameters": trainable,
-    }
-    if lazy:
-        found["uninitialized_parameters"] = lazy
+    """Class, parameter counts, config, PEFT config."""
+    found = parameter_counts(model)
     config = getattr(model, "config", None)
     if config is not None:
         found["config"] = config

@@ -17,7 +17,13 @@ from typing import Any
 
 from .values import is_tensor
 
-__all__ = ["REDACTED", "is_secret_key", "redact_text", "to_params"]
+__all__ = [
+    "REDACTED",
+    "is_secret_key",
+    "parameter_counts",
+    "redact_text",
+    "to_params",
+]
 
 REDACTED = "<redacted>"
 
@@ -186,3 +192,28 @@ def _array_summary(value: Any) -> Any:
     kind = "Tensor" if is_tensor(value) else "ndarray"
     dtype = str(value.dtype).replace("torch.", "")
     return f"{kind}(shape={list(shape)}, dtype={dtype})"
+
+
+def parameter_counts(model: Any) -> dict[str, Any]:
+    """Class and parameter counts of a torch module, the same keys for every adapter.
+
+    A lazy module's parameters have no size before the first forward pass; they are counted apart
+    (``uninitialized_parameters``) instead of failing.
+    """
+    total = trainable = lazy = 0
+    for parameter in model.parameters():
+        try:
+            count = parameter.numel()
+        except ValueError:
+            lazy += 1
+            continue
+        total += count
+        trainable += count if parameter.requires_grad else 0
+    found: dict[str, Any] = {
+        "class": type(model).__name__,
+        "num_parameters": total,
+        "trainable_parameters": trainable,
+    }
+    if lazy:
+        found["uninitialized_parameters"] = lazy
+    return found
