@@ -90,6 +90,8 @@ class Experiment:
     def translator(self) -> Translator | None:
         """The translation core over this run; ``None`` when disabled or closed (values then go nowhere,
         with one warning), so a late ``add_scalar`` never stops a script."""
+        if self._opened and not self._closed:  # every logged value comes this way
+            return self._translator
         if not self.enabled:
             return None
         if self._closed:
