@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 
+from ingestion import count  # the same read-back, run as `python benchmarks/memory.py`
+
 CHILD = r"""
 import json, resource, sys, time
 import psutil
@@ -40,16 +42,6 @@ exp.close()
 print(json.dumps({"hash": run_hash, "growth_mb": (peak - before) / 1024, "seconds": seconds,
                   "writer_peak_mb": writer_peak / 2**20}))
 """
-
-
-def count(folder: str, run_hash: str) -> int:
-    import aim
-
-    total = 0
-    for metric in aim.Repo(folder).query_metrics(f"run.hash == {run_hash!r}").iter():
-        steps, _ = metric.data.items_list()
-        total += len(steps)
-    return total
 
 
 def main() -> None:

@@ -50,6 +50,16 @@ def series(path: Path | str, name: str, context: dict | None = None, run_hash: s
     return found
 
 
+def epochs(path: Path | str, name: str, context: dict, run_hash: str) -> dict[int, int]:
+    """``{step: AIM epoch}`` of one metric in one context of one run."""
+    query = f"metric.name == {name!r} and run.hash == {run_hash!r}"
+    for metric in open_repo(path).query_metrics(query).iter():
+        if metric.context.to_dict() == context:
+            steps, (_values, found, *_rest) = metric.data.items_list()
+            return dict(zip(steps, found, strict=True))
+    return {}
+
+
 def sequence_names(run: Any, kind: str) -> set[str]:
     """Names of one kind of sequence (``"images"``, ``"texts"``, ``"distributions"``, ``"audios"``)."""
     return {info["name"] for info in run.collect_sequence_info([kind])[kind]}

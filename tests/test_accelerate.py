@@ -23,21 +23,11 @@ from accelerate.tracking import GeneralTracker  # noqa: E402
 from aim.storage.context import Context  # noqa: E402
 
 import tracelet_callbacks as tracelet  # noqa: E402
-from conftest import open_repo, read_run, series  # noqa: E402
+from conftest import epochs, open_repo, read_run, series  # noqa: E402
 
 TRAIN, VAL = {"subset": "train"}, {"subset": "val"}
 FAST = {"writer": "thread"}  # no writer process to start: for tests of the tracker's own logic
 SRC = Path(__file__).parent.parent / "src"
-
-
-def _epochs(repo: Path, name: str, context: dict, run_hash: str) -> dict[int, int]:
-    """``{step: AIM epoch}`` of one series."""
-    query = f"metric.name == {name!r} and run.hash == {run_hash!r}"
-    for metric in open_repo(repo).query_metrics(query).iter():
-        if metric.context.to_dict() == context:
-            steps, (_values, epochs, *_rest) = metric.data.items_list()
-            return dict(zip(steps, epochs, strict=True))
-    return {}
 
 
 def test_construction_has_no_side_effects(repo_dir: Path) -> None:
@@ -110,7 +100,7 @@ def test_an_epoch_key_is_aims_epoch_not_a_series(repo_dir: Path) -> None:
     run_hash = tracker.tracker.hash
     accelerator.end_training()
     assert series(repo, "loss", TRAIN, run_hash) == {7: 0.5, 8: 0.4}
-    assert _epochs(repo, "loss", TRAIN, run_hash) == {7: 2, 8: 3}
+    assert epochs(repo, "loss", TRAIN, run_hash) == {7: 2, 8: 3}
     assert series(repo, "epoch", None, run_hash) == {}
 
 

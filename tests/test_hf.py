@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 from transformers import Trainer, TrainerState  # noqa: E402
 
 import tracelet_callbacks as tracelet  # noqa: E402
-from conftest import open_repo, read_run, series  # noqa: E402
+from conftest import epochs, open_repo, read_run, series  # noqa: E402
 from hf_helpers import BrokenPeftNet, LazyNet, TokenDataset, tiny_args, tiny_bert  # noqa: E402
 
 TRAIN, VAL, TEST = {"subset": "train"}, {"subset": "val"}, {"subset": "test"}
@@ -31,16 +31,6 @@ HERE = Path(__file__).parent
 
 def _by_step(history: list[dict], key: str) -> dict[int, float]:
     return {entry["step"]: entry[key] for entry in history if key in entry}
-
-
-def _epochs(repo: Path, name: str, context: dict, run_hash: str) -> dict[int, int]:
-    """``{step: AIM epoch}`` of one series."""
-    query = f"metric.name == {name!r} and run.hash == {run_hash!r}"
-    for metric in open_repo(repo).query_metrics(query).iter():
-        if metric.context.to_dict() == context:
-            steps, (_values, epochs, *_rest) = metric.data.items_list()
-            return dict(zip(steps, epochs, strict=True))
-    return {}
 
 
 def _ours(caught: list[warnings.WarningMessage]) -> list[str]:
@@ -120,7 +110,7 @@ def test_one_run_with_train_loss_per_logging_step(trained: dict[str, Any]) -> No
     assert series(repo, "learning_rate", TRAIN, run_hash) == pytest.approx(_by_step(history, "learning_rate"))
     # HF's "epoch" key is state.epoch: AIM's epoch of each point (whole epochs), never a series
     assert series(repo, "epoch", None, run_hash) == {}
-    assert _epochs(repo, "loss", TRAIN, run_hash) == {1: 0, 2: 0, 3: 0, 4: 1}
+    assert epochs(repo, "loss", TRAIN, run_hash) == {1: 0, 2: 0, 3: 0, 4: 1}
     assert series(repo, "load_seconds", {}, run_hash) == {0: 1.5}
     # durable and queryable as soon as train() returned, closed as finished; reading the handle's
     # name afterwards neither reopens the run nor forgets it
@@ -453,7 +443,7 @@ def test_routing_off_never_puts_eval_or_test_keys_in_train(tmp_path: Path) -> No
         assert series(repo, key, None, run_hash) == {3: pytest.approx(value)}, key
         assert series(repo, key, {}, run_hash) == {3: pytest.approx(value)}, key
     assert series(repo, "epoch", None, run_hash) == {}
-    assert _epochs(repo, "loss", TRAIN, run_hash) == {3: 1}
+    assert epochs(repo, "loss", TRAIN, run_hash) == {3: 1}
 
 
 def test_other_processes_write_nothing(tmp_path: Path) -> None:
