@@ -4,11 +4,15 @@ Compares a bare list append (the floor), TensorBoard's ``SummaryWriter.add_scala
 ``Run.track`` and ``TraceletWriter.add_scalar`` with and without TensorBoard event files, and prints
 microseconds per call and the ratio to ``SummaryWriter``.
 
-Ours is the cost while the writer keeps up: each timed burst of ``--calls`` fits in what the writer
-may hold in flight (32 batches of ``buffer_size``), and it flushes, untimed, between bursts. A loop
-that logs faster than the writer ingests (``benchmarks/ingestion.py``) waits for it instead.
+Every contender is set up first; then each round times one burst of ``--calls`` per contender, in
+turn, so a slow patch of the machine falls on all of them alike. The figure is the median over
+``--rounds``, with the fastest and slowest round beside it.
 
-    python benchmarks/caller_cost.py [--calls 20000]
+Ours is the cost while the writer keeps up: a burst fits in what the writer may hold in flight
+(32 batches of ``buffer_size``), and each writer flushes, untimed, after its burst. A loop that logs
+faster than the writer ingests (``benchmarks/ingestion.py``) waits for it instead.
+
+    python benchmarks/caller_cost.py [--calls 20000] [--rounds 9]
 """
 
 from __future__ import annotations
@@ -21,26 +25,19 @@ import time
 from collections.abc import Callable
 
 
-def per_call_us(
-    log: Callable[[int], None], calls: int, repeats: int = 3, between: Callable[[], None] | None = None
-) -> float:
-    """Median over ``repeats`` of the mean microseconds per call (``between`` runs untimed after each)."""
-    samples = []
-    for repeat in range(repeats):
-        offset = repeat * calls
-        start = time.perf_counter()
-        for step in range(offset, offset + calls):
-            log(step)
-        samples.append((time.perf_counter() - start) / calls * 1e6)
-        if between is not None:
-            between()
-    return statistics.median(samples)
+def burst_us(log: Callable[[int], None], first: int, calls: int) -> float:
+    """Mean microseconds per call over one burst of ``calls`` steps from ``first``."""
+    start = time.perf_counter()
+    for step in range(first, first + calls):
+        log(step)
+    return (time.perf_counter() - start) / calls * 1e6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20000)
-    calls = parser.parse_args().calls
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args()
 
     import aim
     from torch.utils.tensorboard import SummaryWriter
@@ -49,46 +46,59 @@ def main() -> None:
 
     folder = tempfile.mkdtemp(prefix="tracelet-bench-")
     os.chdir(folder)
-    results: dict[str, float] = {}
 
-    sink: list[tuple[int, float]] = []
-    results["list.append (floor)"] = per_call_us(lambda step: sink.append((step, 0.5)), calls)
-
+    floor: list[tuple[int, float]] = []
     tb = SummaryWriter(os.path.join(folder, "tb"))
-    results["SummaryWriter.add_scalar"] = per_call_us(
-        lambda step: tb.add_scalar("train/loss", 0.5, step), calls
-    )
-    tb.close()
-
     run = aim.Run(
         repo=folder, system_tracking_interval=None, log_system_params=False, capture_terminal_logs=False
     )
-    results["aim Run.track"] = per_call_us(
-        lambda step: run.track(0.5, name="loss", step=step, context={"subset": "train"}), calls
-    )
-    run.close()
-
-    for tensorboard in (False, True):
-        writer = TraceletWriter(
-            os.path.join(folder, f"tw-{tensorboard}"), tensorboard=tensorboard, system_tracking_interval=None
+    ours = {
+        flag: TraceletWriter(
+            os.path.join(folder, f"tw-{flag}"), tensorboard=flag, system_tracking_interval=None
         )
+        for flag in (False, True)
+    }
+    for writer in ours.values():
         writer.add_scalar("warm/up", 0.0, 0)  # opens the run outside the timed loop
-        label = f"TraceletWriter.add_scalar (tensorboard={tensorboard})"
-        results[label] = per_call_us(
-            lambda step, w=writer: w.add_scalar("train/loss", 0.5, step), calls, between=writer.flush
+        writer.flush()
+
+    # label -> (one call, what runs untimed after a burst)
+    contenders: dict[str, tuple[Callable[[int], None], Callable[[], None]]] = {
+        "list.append (floor)": (lambda step: floor.append((step, 0.5)), floor.clear),
+        "SummaryWriter.add_scalar": (lambda step: tb.add_scalar("train/loss", 0.5, step), tb.flush),
+        "aim Run.track": (
+            lambda step: run.track(0.5, name="loss", step=step, context={"subset": "train"}),
+            lambda: None,
+        ),
+    }
+    for flag, writer in ours.items():
+        contenders[f"TraceletWriter.add_scalar (tensorboard={flag})"] = (
+            lambda step, w=writer: w.add_scalar("train/loss", 0.5, step),
+            writer.flush,
         )
+
+    samples: dict[str, list[float]] = {label: [] for label in contenders}
+    for round_ in range(args.rounds):
+        for label, (log, after) in contenders.items():
+            samples[label].append(burst_us(log, round_ * args.calls, args.calls))
+            after()
+
+    closing: dict[str, float] = {}
+    tb.close()
+    run.close()
+    for flag, writer in ours.items():
         start = time.perf_counter()
         writer.close()
-        results[f"  close() after it (ms, tensorboard={tensorboard})"] = (time.perf_counter() - start) * 1e3
+        closing[f"close() after it (tensorboard={flag})"] = (time.perf_counter() - start) * 1e3
 
-    reference = results["SummaryWriter.add_scalar"]
-    print(f"{calls} calls x 3 repeats, median; folder {folder}")
-    print(f"{'what':58} {'us/call':>10} {'x SummaryWriter':>16}")
-    for label, value in results.items():
-        if label.startswith("  "):
-            print(f"{label:58} {value:10.1f} {'(ms)':>16}")
-        else:
-            print(f"{label:58} {value:10.2f} {value / reference:16.2f}")
+    reference = statistics.median(samples["SummaryWriter.add_scalar"])
+    print(f"{args.calls} calls a burst, {args.rounds} rounds interleaved; folder {folder}")
+    print(f"{'what':48} {'median us':>10} {'fastest':>8} {'slowest':>8} {'x SummaryWriter':>16}")
+    for label, values in samples.items():
+        middle = statistics.median(values)
+        print(f"{label:48} {middle:10.2f} {min(values):8.2f} {max(values):8.2f} {middle / reference:16.2f}")
+    for label, ms in closing.items():
+        print(f"  {label:46} {ms:10.1f} ms")
 
 
 if __name__ == "__main__":

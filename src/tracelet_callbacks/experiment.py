@@ -59,6 +59,7 @@ class Experiment:
         self._name = self.config.run_name
         self._sink: Any = None
         self._translator: Translator | None = None
+        self._live: Translator | None = None  # the translator while open, else None: one attribute read
         self._opened = False
         self._closed = False
         self._warned_closed = False
@@ -82,6 +83,7 @@ class Experiment:
             self._sink = sink
             self._translator = Translator(sink, routing=self.config.routing, strict=self.config.strict)
             self._opened = True
+            self._live = self._translator
             self._translator.tags(self.config.tags)
             _lifecycle.watch(self)
         return self
@@ -90,8 +92,9 @@ class Experiment:
     def translator(self) -> Translator | None:
         """The translation core over this run; ``None`` when disabled or closed (values then go nowhere,
         with one warning), so a late ``add_scalar`` never stops a script."""
-        if self._opened and not self._closed:  # every logged value comes this way
-            return self._translator
+        live = self._live  # every logged value comes this way
+        if live is not None:
+            return live
         if not self.enabled:
             return None
         if self._closed:
@@ -122,6 +125,7 @@ class Experiment:
             if self._closed:
                 return
             self._closed = True
+            self._live = None
             _lifecycle.forget(self)
             if self._opened:
                 self._sink.close(status)

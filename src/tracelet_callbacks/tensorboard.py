@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
 import warnings
 from collections.abc import Callable, Mapping
+from threading import get_ident
 from typing import Any
 
+from . import session
 from .core.translator import Translator
 from .core.values import Unsupported, flatten_values, is_tensor
 from .errors import TraceletValueError, TraceletWarning
@@ -104,20 +105,19 @@ _ORIGINALS: dict[str, Callable] = {
 }
 
 
-#: Set while TensorBoard's own method runs: what it calls internally (``add_hparams`` opens a child
-#: writer and calls its ``add_scalar``) must not be translated a second time.
-_inside_tensorboard = threading.local()
+#: The threads now inside TensorBoard's own method: what it calls internally (``add_hparams`` opens a
+#: child writer and calls its ``add_scalar``) must not be translated a second time. A set checked for
+#: emptiness first, since every logged value asks.
+_inside_tensorboard: set[int] = set()
 
 
 def _active_translator(writer: SummaryWriter) -> Translator | None:
     """Where this writer's values go: its own experiment, else the ``start_logging`` session."""
-    if getattr(_inside_tensorboard, "active", False):
+    if _inside_tensorboard and get_ident() in _inside_tensorboard:
         return None
     own = writer.__dict__.get("_tracelet_experiment")
     if own is not None:
         return own.translator
-    from . import session
-
     active = session.get_active_experiment()
     return active.translator if active is not None else None
 
@@ -126,8 +126,9 @@ def _tensorboard_call(writer: SummaryWriter, name: str, call: Callable[[], Any],
     """Run the real TensorBoard method; its failure on a strange value must not stop training."""
     if not writer.__dict__.get("_tracelet_tensorboard", True):
         return None
-    outer = getattr(_inside_tensorboard, "active", False)
-    _inside_tensorboard.active = True
+    thread = get_ident()
+    outer = thread in _inside_tensorboard
+    _inside_tensorboard.add(thread)
     try:
         return call()
     except Exception as exc:
@@ -140,7 +141,8 @@ def _tensorboard_call(writer: SummaryWriter, name: str, call: Callable[[], Any],
         )
         return None
     finally:
-        _inside_tensorboard.active = outer
+        if not outer:
+            _inside_tensorboard.discard(thread)
 
 
 def _add_scalar(
@@ -152,7 +154,11 @@ def _add_scalar(
     new_style: bool = False,
     double_precision: bool = False,
 ) -> None:
-    translator = _active_translator(self)
+    # once per logged value: the writer's own open run is found with two attribute reads
+    own = self.__dict__.get("_tracelet_experiment")
+    translator = own._live if own is not None and not _inside_tensorboard else None
+    if translator is None:
+        translator = _active_translator(self)
     if translator is not None and not translator.scalar(tag, scalar_value, global_step):
         return  # skipped with a warning; TensorBoard would have raised on it
     if not self.__dict__.get("_tracelet_tensorboard", True):
@@ -276,8 +282,6 @@ class TraceletWriter(SummaryWriter):
         self._tracelet_tensorboard = tensorboard
         self._tracelet_owns = experiment is None
         if experiment is None:
-            from . import session
-
             active = session.get_active_experiment()
             if active is not None and not settings and not config:
                 experiment, self._tracelet_owns = active, False

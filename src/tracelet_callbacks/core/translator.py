@@ -36,6 +36,7 @@ from .values import (
 __all__ = ["Sink", "Translator", "artifact_names"]
 
 _new_scalar = tuple.__new__  # builds a Scalar without its generated (Python-level) __new__
+_Scalar = rec.Scalar
 _now = time.time
 
 #: How many distinct tags keep their route cached (a tag per step would otherwise grow it forever).
@@ -45,7 +46,11 @@ log = logging.getLogger("tracelet_callbacks")
 
 
 class Sink(Protocol):
-    """Where records go. Batch-shaped so a buffered or out-of-process writer can stand behind it."""
+    """Where records go. Batch-shaped so a buffered or out-of-process writer can stand behind it.
+
+    A sink may also have ``add(record)`` for one :class:`~tracelet_callbacks.core.records.Scalar`;
+    the translator then uses it for every logged value instead of ``submit([record])``.
+    """
 
     def submit(self, records: list[rec.Record]) -> None: ...
 
@@ -73,6 +78,8 @@ class Translator:
         context: Mapping[str, Any] | None = None,
     ) -> None:
         self.sink = sink
+        # a sink may take one scalar without the list around it (the buffered writers do)
+        self._add = getattr(sink, "add", None) or (lambda record: sink.submit([record]))
         self.table: RoutingTable = make_table(routing)
         self.strict = strict
         self.base_context = dict(context or {})
@@ -138,7 +145,7 @@ class Translator:
             step = to_step(step)
         if epoch is not None:
             epoch = to_step(epoch)
-        self.sink.submit([_new_scalar(rec.Scalar, (name, number, step, epoch, where, _now()))])
+        self._add(_new_scalar(_Scalar, (name, number, step, epoch, where, _now())))
         return True
 
     def scalars(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import operator
 import threading
 import time
 import warnings
@@ -83,6 +84,16 @@ class BufferedSink:
                 self._store_artifact(record)
                 continue
             pending.append(record)
+        if len(pending) >= self._limit:
+            self._ship()
+
+    def add(self, record: rec.Scalar) -> None:
+        """One scalar: the translator's path for every logged value, an append while the writer keeps up."""
+        if self._closed or self._fallback is not None:
+            self.submit((record,))
+            return
+        pending = self._pending
+        pending.append(record)
         if len(pending) >= self._limit:
             self._ship()
 
@@ -277,8 +288,13 @@ class Unavailable:
         raise KeyError(key)
 
 
+_value = operator.itemgetter(1)  # a Scalar's value
+
+
 def _resolved(batch: list) -> list:
     """Values left on their device when logged (``Deferred``) become floats now, in one copy."""
+    if set(map(type, batch)) == {rec.Scalar} and set(map(type, map(_value, batch))) == {float}:
+        return batch  # the common batch: plain numbers only, checked without a Python-level loop
     waiting = [i for i, r in enumerate(batch) if type(r) is rec.Scalar and type(r.value) is not float]
     if not waiting:
         return batch
