@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 import tracelet_callbacks as tracelet
 from conftest import open_repo, read_run, series
+from tracelet_callbacks.sink.environment import redacted_argv
 
 
 def test_metrics_params_and_status_read_back(repo_dir: Path) -> None:
@@ -197,6 +199,8 @@ def test_environment_is_recorded_without_env_vars(repo_dir: Path) -> None:
     system = read_run(repo_dir, exp.hash)["__system_params"]
     assert "aim" in system["packages"] and "numpy" in system["packages"]
     assert "env_variables" not in system
+    # the trainer's command line, though the writer process wrote it
+    assert system["arguments"] == redacted_argv(sys.argv)
 
 
 def test_run_handle_redacts_secret_keys(repo_dir: Path) -> None:

@@ -618,3 +618,65 @@ def test_logging_after_close_warns_once_and_drops(repo_dir: Path) -> None:
     steps, values, _ = indexed_series(repo_dir, exp.hash)[_key("loss", {"subset": "train"})]
     assert (steps, values) == ([0], [1.0])
     assert read_run(repo_dir, exp.hash)["status"] == "finished"
+
+
+# -- 11. one writer process, run after run ----------------------------------------------------------
+
+
+def test_the_next_run_reuses_the_writer_in_the_trainers_current_folder(
+    repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = tracelet.Experiment(writer="process", repo_path="aim")  # relative: resolved where we are
+    first.log_metric("train/loss", 1.0, 0)
+    pid = first._sink._proc.pid
+    first.close()
+    elsewhere = repo_dir / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    second = tracelet.Experiment(writer="process", repo_path="aim")
+    second.log_metric("train/loss", 2.0, 0)
+    assert second._sink._proc.pid == pid  # no second start, no second aim import
+    second.close()
+    assert indexed_series(repo_dir / "aim", first.hash)[_key("loss", {"subset": "train"})][:2] == ([0], [1.0])
+    assert indexed_series(elsewhere / "aim", second.hash)[_key("loss", {"subset": "train"})][:2] == (
+        [0],
+        [2.0],
+    )
+    assert read_run(elsewhere / "aim", second.hash)["status"] == "finished"
+
+
+def test_a_run_that_cannot_be_resumed_leaves_the_writer_usable(repo_dir: Path) -> None:
+    from tracelet_callbacks.sink import writer
+
+    with pytest.raises(TraceletError, match="resume run"):
+        tracelet.Experiment(writer="process", run_hash="0" * 24).open()
+    wait_until(lambda: writer._spare is not None, 30, "the writer to be handed back")
+    pid = writer._spare.proc.pid
+    exp = tracelet.Experiment(writer="process")
+    exp.log_metric("train/loss", 1.0, 0)
+    assert exp._sink._proc.pid == pid
+    exp.close()
+    assert indexed_series(repo_dir, exp.hash)[_key("loss", {"subset": "train"})][:2] == ([0], [1.0])
+
+
+SPARE_AT_EXIT = """
+import tracelet_callbacks as tracelet
+from tracelet_callbacks.sink import writer
+
+exp = tracelet.Experiment(writer="process")
+exp.log_metric("loss", 1.0, 0)
+exp.close()
+print(writer._spare.proc.pid, flush=True)
+"""
+
+
+def test_the_spare_writer_ends_with_the_trainer(repo_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "error::ResourceWarning", "-c", SPARE_AT_EXIT],
+        cwd=repo_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    wait_until(lambda: process_gone(int(done.stdout.split()[-1])), 10, "the spare writer to exit")

@@ -37,9 +37,12 @@ class AimSink:
         config: the resolved settings (repo, experiment, run name, tags, remote, resume hash ...).
     """
 
-    def __init__(self, config: TraceletConfig, *, takeover: bool = False) -> None:
+    def __init__(
+        self, config: TraceletConfig, *, takeover: bool = False, argv: list[str] | None = None
+    ) -> None:
         self.config = config
         self._takeover = takeover  # continuing a run our writer opened: not a user's resume
+        self._argv = argv  # the training process's command line, when this runs in the writer process
         self._run: Any = None
         self._hash: str | None = None
         self._artifacts_uri: str | None = None
@@ -121,7 +124,7 @@ class AimSink:
                 run["resumed_from_status"] = previous
         run["status"] = "running"
         try:
-            run["__system_params"] = environment_params()
+            run["__system_params"] = environment_params(self._argv)
         except Exception as exc:  # environment info is a nicety, never a reason to fail
             log.debug("tracelet: could not record environment info: %s", exc)
         run.set_artifacts_uri(cfg.artifacts_uri or self._default_artifacts_uri())
@@ -309,6 +312,7 @@ class AimSink:
                     warnings.warn(
                         f"tracelet: closing AIM run {run.hash} failed: {exc!r}", TraceletWarning, stacklevel=3
                     )
+            release_storage(repo, run.hash)
             if self._repo_path is not None:
                 from aim import Repo
 
@@ -365,6 +369,21 @@ def check_server(remote_uri: str) -> None:
         ) from exc
 
 
+def release_storage(repo: Any, run_hash: str) -> None:
+    """Close a closed run's own databases now, so another process can resume it at once.
+
+    ``Run.close`` leaves them to the garbage collector (aim's handles sit in reference cycles); until
+    then their RocksDB locks stay held. The writer process outlives the run (it waits for the
+    trainer's next one), so it must not wait for a collection. Local repos only: a server holds its
+    own handles. Relies on ``Repo.container_pool`` (pinned by ``aim<4`` and by the resume tests).
+    """
+    if repo.is_remote_repo:
+        return
+    for config, container in list(repo.container_pool.items()):
+        if config.sub == run_hash:
+            container.close()
+
+
 def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
     """Make a closed run visible to ``Repo.iter_runs()`` / ``query_*`` now; the error text if it could not.
 
@@ -379,19 +398,29 @@ def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
     import time
 
     last: Exception | None = None
+    remote = repo.is_remote_repo
     for _ in range(attempts):
-        index = chunk = None
+        containers: list[Any] = []
         try:
-            index = repo._get_index_tree("meta", 0).view(())
-            chunk = repo.request_tree("meta", run_hash, read_only=True).subtree(("meta", "chunks", run_hash))
-            chunk.finalize(index=index)
+            if remote:
+                index = repo._get_index_tree("meta", 0).view(())
+                chunk = repo.request_tree("meta", run_hash, read_only=True)
+            else:
+                containers = [repo._get_index_container("meta", 0)]
+                containers.append(repo.request_container("meta", run_hash, read_only=True))
+                index, chunk = containers[0].tree().view(()), containers[1].tree()
+            chunk.subtree(("meta", "chunks", run_hash)).finalize(index=index)
             return None
         except Exception as exc:
             last = exc
             time.sleep(0.25)
         finally:
-            # drop the handles now: a local index holds its database's lock until it is freed, and a
-            # held server-side handle shows readers old data
             index = chunk = None
-            gc.collect()
+            if not remote:
+                # a local index holds its database's lock until closed: close both now (a full
+                # garbage collection to free them would cost the trainer ~70 ms at every close)
+                for container in containers:
+                    container.close()
+            else:
+                gc.collect()  # a held server-side handle shows readers old data: drop it now
     return f"run {run_hash} is saved but could not be indexed ({last}); `aim up` will index it"

@@ -7,12 +7,16 @@ process's GIL.
 
 Messages are pickled tuples, each framed by an 8-byte length:
 
-* in: ``("open", config)``, ``("batch", seq, records)``, ``("get", seq, key)``, ``("close", seq, status)``;
+* in: ``("open", config, origin)`` (the trainer's ``cwd``, ``environ`` and ``argv``),
+  ``("batch", seq, records)``, ``("get", seq, key)``, ``("close", seq, status)``;
 * out: ``("opened", hash, artifacts_uri)`` or ``("error", text)``, ``("ack", seq, failures, error)`` once a
-  batch is durable, ``("reply", seq, ok, value)``.
+  batch is durable, ``("reply", seq, ok, value)``, ``("closed", seq, index_error)``.
 
-When the training process goes away without ``close`` (SIGKILL, a crash of the interpreter) the pipe
-ends; the worker writes what it already received, records status ``killed``, closes and indexes the run.
+After ``closed`` the worker waits for the next ``open``: the training process keeps it as a spare for
+its next run, so aim is imported once per training process, not once per run. When the training
+process goes away without ``close`` (SIGKILL, a crash of the interpreter) the pipe ends; the worker
+writes what it already received, records status ``killed``, closes and indexes the run. Between runs
+it simply exits.
 It ignores SIGINT and runs in its own session, so Ctrl-C or a SIGTERM sent to the trainer's process
 group reaches the trainer (which then closes the run with ``interrupted``), not the writer.
 """
@@ -105,10 +109,9 @@ def pack(records: list[Any]) -> list[Any]:
     """Scalars as plain tuples (pickled far faster than a class instance); the rest as they are."""
     from ..core.records import Scalar
 
-    return [
-        (r.name, r.value, r.step, r.epoch, r.context, r.timestamp) if type(r) is Scalar else r
-        for r in records
-    ]
+    if set(map(type, records)) == {Scalar}:
+        return list(map(tuple, records))  # the common batch, converted in C
+    return [tuple(r) if type(r) is Scalar else r for r in records]
 
 
 def unpack(payload: list[Any]) -> list[Any]:
@@ -134,43 +137,47 @@ def main(argv: list[str]) -> int:
         except OSError:  # the trainer is gone; keep writing what it sent
             pass
 
-    opening = reader.read()
-    if not opening or opening[0] != "open":
-        return 2
-    from .run import AimSink  # imports aim: only after the pipe is known to work
-
-    sink = AimSink(opening[1])
-    try:
-        sink.open()
-    except Exception as exc:
-        reply(("error", str(exc)))
-        return 1
-    reply(("opened", sink.hash, sink.artifacts_uri))
-
     # a reader thread keeps the pipe drained while this thread is inside aim, so the trainer rarely
     # finds the pipe full; the queue is bounded, so memory is too
     inbox: queue.Queue = queue.Queue(maxsize=16)
 
     def pump() -> None:
         try:
-            while True:
-                message = reader.read()
+            while (message := reader.read()) is not None:
                 inbox.put(message)
-                if message is None or message[0] == "close":
-                    return
-        except Exception:
+        finally:
             inbox.put(None)
 
     threading.Thread(target=pump, name="tracelet-worker-reader", daemon=True).start()
-    return _serve(sink, inbox, reply)
+    from .run import AimSink  # aim's import takes a second: done while the trainer gets ready
+
+    # one run after another: a writer whose run closed cleanly waits for the trainer's next run
+    while (message := inbox.get()) is not None:
+        if message[0] != "open":
+            continue  # sent for a run that could not be opened, before the trainer heard so
+        _, config, origin = message
+        os.chdir(origin["cwd"])  # relative repo paths and aim's settings as the trainer has them now
+        os.environ.clear()
+        os.environ.update(origin["environ"])
+        sink = AimSink(config, argv=origin["argv"])
+        try:
+            sink.open()
+        except Exception as exc:
+            reply(("error", str(exc)))
+            continue
+        reply(("opened", sink.hash, sink.artifacts_uri))
+        if not _serve(sink, inbox, reply):
+            return 0
+    return 0  # the trainer went away between runs: nothing to close
 
 
-def _serve(sink: Any, inbox: queue.Queue, reply: Any) -> int:
+def _serve(sink: Any, inbox: queue.Queue, reply: Any) -> bool:
+    """Write one run's messages until it is closed (``True``) or the trainer vanished (``False``)."""
     while True:
         message = inbox.get()
         if message is None:  # the trainer vanished without closing: keep what it sent, end the run
             sink.close("killed")
-            return 0
+            return False
         kind, seq = message[0], message[1]
         if kind == "batch":
             error = None
@@ -186,8 +193,8 @@ def _serve(sink: Any, inbox: queue.Queue, reply: Any) -> int:
                 reply(("reply", seq, False, repr(exc)))
         elif kind == "close":
             sink.close(message[2])
-            reply(("reply", seq, True, sink.index_error))  # the trainer says it if indexing failed
-            return 0
+            reply(("closed", seq, sink.index_error))  # the trainer says it if indexing failed
+            return True
 
 
 if __name__ == "__main__":

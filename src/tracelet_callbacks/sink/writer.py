@@ -17,6 +17,7 @@ durable. A writer that dies is reported once; logging then goes on in this proce
 
 from __future__ import annotations
 
+import atexit
 import collections
 import fcntl
 import logging
@@ -65,30 +66,10 @@ def open_sink(config: TraceletConfig) -> Any:
     return sink
 
 
-class ProcessSink(BufferedSink):
-    """Writes through ``python -m tracelet_callbacks.sink.worker`` (see the module docstring)."""
+class _Worker:
+    """One writer process and this process's ends of the two pipes to it."""
 
-    def __init__(self, config: TraceletConfig) -> None:
-        super().__init__(config)
-        self._proc: subprocess.Popen | None = None
-        self._out = -1  # our end of the pipe to the worker
-        self._opened = threading.Event()
-        self._open_error: str | None = None
-        self._reader: threading.Thread | None = None
-        self._send_lock = threading.Lock()
-
-    def open(self) -> None:
-        """Check the repo or server here (errors belong to the caller), then start the writer.
-
-        The writer imports aim and opens the run while training starts; only what needs the run
-        itself (its hash) waits for that.
-        """
-        from .run import check_repo_path, check_server  # neither imports aim
-
-        if self.config.remote_uri:
-            check_server(self.config.remote_uri)
-        else:
-            check_repo_path(self.config.repo_path)
+    def __init__(self) -> None:
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
         try:
@@ -99,7 +80,7 @@ class ProcessSink(BufferedSink):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         try:
-            self._proc = subprocess.Popen(
+            self.proc = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
@@ -110,7 +91,6 @@ class ProcessSink(BufferedSink):
                 pass_fds=(to_worker_r, from_worker_w),
                 start_new_session=True,  # Ctrl-C and process-group signals are for the trainer
                 env=env,
-                cwd=os.getcwd(),
             )
         except BaseException:
             os.close(to_worker_w)
@@ -119,10 +99,113 @@ class ProcessSink(BufferedSink):
         finally:
             os.close(to_worker_r)
             os.close(from_worker_w)
-        self._out = to_worker_w
-        self._send(("open", self.config.replace(routing=None)))
+        self.out = to_worker_w  # written by one sink at a time, under its send lock
+        self.inp = from_worker_r  # read by that sink's reply thread
+        self.owner = os.getpid()
+
+    def usable(self) -> bool:
+        return self.owner == os.getpid() and self.out >= 0 and self.proc.poll() is None
+
+    def release(self, close_input: bool = True, wait: float | None = None) -> None:
+        """Close our pipe ends (the worker then ends its run, if any, and exits) and reap it.
+
+        ``close_input=False`` leaves the reply pipe to the thread still reading it, which closes it
+        at the end of the stream. With ``wait`` the worker is reaped now (a dead writer's run lock
+        names its pid; aim treats the lock as stale once that pid is gone); else in the background.
+        """
+        for name in ("out", "inp") if close_input else ("out",):
+            fd = getattr(self, name)
+            setattr(self, name, -1)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if self.owner != os.getpid():
+            return  # a forked copy: the worker belongs to the process that started it
+        if wait is None:
+            threading.Thread(target=self.proc.wait, name="tracelet-reap", daemon=True).start()
+            return
+        try:
+            self.proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# A writer whose run closed cleanly waits here for this process's next run (the next fold, trial or
+# Trainer), so that one pays no second start and aim import. One is kept; more are let go.
+_spare: _Worker | None = None
+_spare_lock = threading.Lock()
+_exiting = False
+
+
+def _take_worker() -> _Worker:
+    global _spare
+    with _spare_lock:
+        worker, _spare = _spare, None
+    if worker is not None:
+        if worker.usable():
+            return worker
+        worker.release()
+    return _Worker()
+
+
+def _keep_worker(worker: _Worker) -> None:
+    global _spare
+    with _spare_lock:
+        if _spare is None and worker.usable() and not _exiting:
+            _spare = worker
+            return
+    worker.release()
+
+
+@atexit.register  # registered before the run-closing handler, so it runs after it
+def _stop_spare() -> None:
+    """At exit the spare has no run, so nothing is lost by stopping it now rather than waiting."""
+    global _spare, _exiting
+    with _spare_lock:
+        worker, _spare, _exiting = _spare, None, True
+    if worker is not None and worker.owner == os.getpid():
+        worker.proc.kill()
+        worker.release(wait=5.0)
+
+
+class ProcessSink(BufferedSink):
+    """Writes through ``python -m tracelet_callbacks.sink.worker`` (see the module docstring)."""
+
+    def __init__(self, config: TraceletConfig) -> None:
+        super().__init__(config)
+        self._worker: _Worker | None = None
+        self._opened = threading.Event()
+        self._open_error: str | None = None
+        self._reader: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+
+    @property
+    def _proc(self) -> subprocess.Popen | None:
+        """The writer process while this sink uses it."""
+        worker = self._worker
+        return worker.proc if worker is not None else None
+
+    def open(self) -> None:
+        """Check the repo or server here (errors belong to the caller), then hand the run to a writer.
+
+        The writer (a spare one from this process's last run, or a new one that imports aim while
+        training starts) opens the run in the background; only what needs the run itself (its hash)
+        waits for that.
+        """
+        from .run import check_repo_path, check_server  # neither imports aim
+
+        if self.config.remote_uri:
+            check_server(self.config.remote_uri)
+        else:
+            check_repo_path(self.config.repo_path)
+        worker = self._worker = _take_worker()
+        origin = {"cwd": os.getcwd(), "environ": dict(os.environ), "argv": list(sys.argv)}
+        self._send(("open", self.config.replace(routing=None), origin))
         self._reader = threading.Thread(
-            target=self._read_replies, args=(from_worker_r,), name="tracelet-acks", daemon=True
+            target=self._read_replies, args=(worker,), name="tracelet-acks", daemon=True
         )
         self._reader.start()
         self._start_timer()
@@ -132,7 +215,6 @@ class ProcessSink(BufferedSink):
             except TraceletError:
                 self._closed = True  # nothing to take over: there is no run
                 self._stop.set()
-                self._release_writer()
                 raise
 
     def _opened_run(self) -> None:
@@ -158,10 +240,15 @@ class ProcessSink(BufferedSink):
 
     def _send(self, message: Any) -> None:
         with self._send_lock:
-            send_frame(self._out, message)
+            worker = self._worker
+            if worker is None or worker.out < 0:
+                raise BrokenPipeError("the writer was let go")
+            send_frame(worker.out, message)
 
-    def _read_replies(self, fd: int) -> None:
-        inbox = FrameReader(fd)
+    def _read_replies(self, worker: _Worker) -> None:
+        """Route the writer's replies until this run is closed, or the writer's pipe ends."""
+        inbox = FrameReader(worker.inp)
+        handed_back = False
         try:
             answer = inbox.read()
             if answer is not None and answer[0] == "opened":
@@ -169,28 +256,37 @@ class ProcessSink(BufferedSink):
             else:
                 detail = answer[1] if answer else "it stopped before opening the run"
                 self._open_error = detail if str(detail).startswith("tracelet:") else f"tracelet: {detail}"
+                handed_back = answer is not None  # it is fine and waits for another run
             self._opened.set()
-            while (message := inbox.read()) is not None:
+            while not handed_back and (message := inbox.read()) is not None:
                 if message[0] == "ack":
                     self._acknowledge(*message[1:])
-                else:
-                    with self._acked:
+                    continue
+                with self._acked:
+                    if message[0] == "closed":  # the last reply of this run
+                        self._replies[message[1]] = (True, message[2])
+                        handed_back = True
+                    else:
                         self._replies[message[1]] = message[2:]
-                        self._acked.notify_all()
+                    self._acked.notify_all()
         except Exception as exc:
             log.debug("tracelet: reading the writer's replies failed: %r", exc)
         finally:
             self._opened.set()
-            os.close(fd)
+            if not handed_back:
+                os.close(worker.inp)
+                worker.inp = -1
         if self._open_error is not None and not self._closed:
             # the writer could not open the run; this process would fail the same way
             log.error("%s; values logged to this run are dropped", self._open_error)
             with self._acked:
                 self._fallback = Unavailable(self._open_error)
                 self._acked.notify_all()
-        elif not self._closed:
+        elif not handed_back and not self._closed:
             self._writer_gone("its pipe closed")
             threading.Thread(target=self._died_safely, args=("its pipe closed",), daemon=True).start()
+        if handed_back and self._open_error is not None:
+            self._let_go(keep=True)
 
     def _died_safely(self, reason: str) -> None:
         try:
@@ -225,6 +321,8 @@ class ProcessSink(BufferedSink):
             return self._replies.pop(seq, (False, "the writer stopped"))
 
     def get(self, key: str) -> Any:
+        if self._closed:
+            raise KeyError(key)
         self.flush()
         if self._fallback is not None:
             return self._fallback.get(key)
@@ -259,12 +357,20 @@ class ProcessSink(BufferedSink):
         ok, index_error = self._request("close", status)  # answered once the run is closed and indexed
         if ok and index_error:
             warnings.warn(f"tracelet: {index_error}", TraceletWarning, stacklevel=4)
-        proc = self._proc
-        with self._send_lock:
-            os.close(self._out)
-            self._out = -1
-        # the writer's own exit (interpreter teardown) need not delay the training script
-        threading.Thread(target=proc.wait, name="tracelet-reap", daemon=True).start()
+        if self._reader is not None:
+            self._reader.join(5.0)
+        self._let_go(keep=ok and self._reader is not None and not self._reader.is_alive())
+
+    def _let_go(self, keep: bool) -> None:
+        """Stop using the writer: keep it for this process's next run, or let it exit."""
+        with self._send_lock:  # never under a message being written
+            worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        if keep:
+            _keep_worker(worker)
+        else:
+            worker.release(close_input=not (self._reader and self._reader.is_alive()))
 
     def _take_over(self) -> Any:
         from .run import AimSink
@@ -276,19 +382,11 @@ class ProcessSink(BufferedSink):
         return sink
 
     def _release_writer(self, wait: float = 10.0) -> None:
-        with self._send_lock:  # never close the pipe under a message being written
-            if self._out >= 0:
-                try:
-                    os.close(self._out)
-                except OSError:
-                    pass
-                self._out = -1
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=wait)  # reaped, so aim sees its run lock as stale
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        with self._send_lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            # the reply thread still owns the reply pipe: it closes it when the stream ends
+            worker.release(close_input=False, wait=wait)
 
 
 class ThreadSink(BufferedSink):
