@@ -84,7 +84,8 @@ class Translator:
         self.strict = strict
         self.base_context = dict(context or {})
         self._warned: set[tuple[str, str]] = set()
-        self._routes: dict[str, tuple[str, dict[str, Any]]] = {}
+        # tag, or (tag, *context items) -> (metric name, context); contexts are shared, never changed
+        self._routes: dict[Any, tuple[str, dict[str, Any]]] = {}
 
     # -- the skip-or-raise policy -------------------------------------------------------------------
 
@@ -108,17 +109,21 @@ class Translator:
     # -- scalars ------------------------------------------------------------------------------------
 
     def _where(self, tag: str, context: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
-        if context is None:
-            # every logged value asks this; a tag routes the same way each time
-            hit = self._routes.get(tag)
-            if hit is None:
-                found = self.table(tag)
-                hit = (found.name, {**self.base_context, **found.context})
-                if len(self._routes) < _ROUTE_CACHE:
-                    self._routes[tag] = hit
-            return hit
-        found = self.table(tag)
-        return found.name, {**self.base_context, **found.context, **context}
+        # every logged value asks this; a tag (with the same extra context) routes the same way each time
+        key: Any = tag
+        if context is not None:
+            key = (tag, *context.items())
+            try:
+                hash(key)
+            except TypeError:  # an unhashable context value: route it afresh each time
+                key = None
+        hit = self._routes.get(key) if key is not None else None
+        if hit is None:
+            found = self.table(tag)
+            hit = (found.name, {**self.base_context, **found.context, **(context or {})})
+            if key is not None and len(self._routes) < _ROUTE_CACHE:
+                self._routes[key] = hit
+        return hit
 
     def scalar(
         self,
