@@ -179,6 +179,12 @@ def main() -> None:
         f"\nTraceletAimLogger: median {statistics.median(one_off):.3f} s of each fit is opening the run "
         f"and finalize (flush, close, index); without it {steady:.3f} s = {steady / base:.2f}x"
     )
+    first = times["TraceletAimLogger"][0]
+    print(
+        f"TraceletAimLogger: the first fit, whose writer process started and imported aim while it "
+        f"ran, took {first:.3f} s ({first / times['no logger'][0]:.2f}x that round's no-logger fit); "
+        f"later fits reuse that writer"
+    )
     found = _count_values(os.path.join(folder, "tracelet"), last_ours.version)
     verdict = "all readable" if found == values else "MISSING VALUES"
     print(f"TraceletAimLogger: {found} of {values} values read back from AIM ({verdict})")

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import enum
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +291,35 @@ def test_str_enums_and_str_subclasses_become_plain_str() -> None:
     converted = to_params({"kind": Kind.LORA, "label": Tagged("x")})
     assert converted == {"kind": "LORA", "label": "x"}
     assert type(converted["kind"]) is str and type(converted["label"]) is str
+
+
+def test_git_info_of_a_repository_with_a_secret_in_its_origin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracelet_callbacks.sink.environment import _git_info
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    monkeypatch.chdir(tmp_path)
+    git("init", "-q", "-b", "work")
+    assert _git_info() == {}  # nothing committed yet
+    (tmp_path / "train.py").write_text("print(1)\n")
+    git("add", "train.py")
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "first")
+    assert _git_info() == {
+        "commit": {"hash": git("rev-parse", "HEAD")},
+        "branch": "work",
+        "remote_origin_url": "",  # no remote: the rest is still recorded
+        "dirty": False,
+    }
+    git("remote", "add", "origin", "https://user:s3cret@example.com/team/repo.git")
+    (tmp_path / "train.py").write_text("print(2)\n")
+    info = _git_info()
+    assert info["dirty"] is True
+    assert (
+        "s3cret" not in info["remote_origin_url"] and "example.com/team/repo.git" in info["remote_origin_url"]
+    )
+    git("checkout", "-q", "--detach")
+    assert _git_info()["branch"] == "HEAD"

@@ -59,19 +59,32 @@ def _header(text: str) -> dict[str, str]:
 
 
 def _git_info() -> dict[str, Any]:
+    """Commit, branch, origin and whether tracked files changed: two ``git`` calls (each is a fork of
+    the writer process, which runs this at every run start)."""
+
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=2, check=True)
         return done.stdout.strip()
 
     try:
-        return {
-            "commit": {"hash": git("rev-parse", "HEAD")},
-            "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
-            "remote_origin_url": redact_text(git("config", "--get", "remote.origin.url")),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        }
+        lines = git("status", "--porcelain=v2", "--branch", "--untracked-files=no").splitlines()
     except (OSError, subprocess.SubprocessError):
+        return {}  # no git, or not a repository
+    header = dict(line[2:].partition(" ")[::2] for line in lines if line.startswith("# "))
+    commit = header.get("branch.oid", "")
+    if not commit or commit.startswith("("):  # "(initial)": nothing committed yet
         return {}
+    try:
+        origin = redact_text(git("config", "--get", "remote.origin.url"))
+    except (OSError, subprocess.SubprocessError):
+        origin = ""  # no remote named origin
+    branch = header.get("branch.head", "")
+    return {
+        "commit": {"hash": commit},
+        "branch": "HEAD" if branch.startswith("(") else branch,  # "(detached)", as rev-parse says it
+        "remote_origin_url": origin,
+        "dirty": any(not line.startswith("#") for line in lines),
+    }
 
 
 def redacted_argv(argv: list[str]) -> list[str]:
