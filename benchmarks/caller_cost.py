@@ -5,8 +5,9 @@ Compares a bare list append (the floor), TensorBoard's ``SummaryWriter.add_scala
 microseconds per call and the ratio to ``SummaryWriter``.
 
 Every contender is set up first; then each round times one burst of ``--calls`` per contender, in
-turn, so a slow patch of the machine falls on all of them alike. The figure is the median over
-``--rounds``, with the fastest and slowest round beside it.
+turn (each round starting one contender later, with a short pause after every burst), so a slow patch
+of the machine falls on all of them alike. The figure is the median over ``--rounds``, with the
+fastest and slowest round beside it. ``TRACELET_BENCH_VERBOSE=1`` prints every round.
 
 Ours is the cost while the writer keeps up: a burst fits in what the writer may hold in flight
 (32 batches of ``buffer_size``), and each writer flushes, untimed, after its burst. A loop that logs
@@ -23,6 +24,9 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+
+#: A pause after each burst (and its untimed flush), so background work it left does not land on the next.
+SETTLE_SECS = 0.25
 
 
 def burst_us(log: Callable[[int], None], first: int, calls: int) -> float:
@@ -78,10 +82,15 @@ def main() -> None:
         )
 
     samples: dict[str, list[float]] = {label: [] for label in contenders}
+    order = list(contenders)
     for round_ in range(args.rounds):
-        for label, (log, after) in contenders.items():
+        # each round starts with the next contender, so none always follows the same neighbour (aim's
+        # storage keeps compacting on its own threads for a while after a burst of Run.track)
+        for label in order[round_ % len(order) :] + order[: round_ % len(order)]:
+            log, after = contenders[label]
             samples[label].append(burst_us(log, round_ * args.calls, args.calls))
             after()
+            time.sleep(SETTLE_SECS)
 
     closing: dict[str, float] = {}
     tb.close()
@@ -91,12 +100,29 @@ def main() -> None:
         writer.close()
         closing[f"close() after it (tensorboard={flag})"] = (time.perf_counter() - start) * 1e3
 
+    if os.environ.get("TRACELET_BENCH_VERBOSE"):
+        for label, values in samples.items():
+            print(label, " ".join(f"{v:.2f}" for v in values))
     reference = statistics.median(samples["SummaryWriter.add_scalar"])
     print(f"{args.calls} calls a burst, {args.rounds} rounds interleaved; folder {folder}")
     print(f"{'what':48} {'median us':>10} {'fastest':>8} {'slowest':>8} {'x SummaryWriter':>16}")
     for label, values in samples.items():
         middle = statistics.median(values)
         print(f"{label:48} {middle:10.2f} {min(values):8.2f} {max(values):8.2f} {middle / reference:16.2f}")
+    # the same comparison round by round: each burst against SummaryWriter's burst of that round
+    paired = [
+        ours / tb
+        for ours, tb in zip(
+            samples["TraceletWriter.add_scalar (tensorboard=True)"],
+            samples["SummaryWriter.add_scalar"],
+            strict=True,
+        )
+    ]
+    print(
+        f"TraceletWriter (tensorboard=True) / SummaryWriter, round by round: "
+        f"median {statistics.median(paired):.3f} "
+        f"(from {min(paired):.3f} to {max(paired):.3f})"
+    )
     for label, ms in closing.items():
         print(f"  {label:46} {ms:10.1f} ms")
 
