@@ -161,18 +161,25 @@ class Translator:
         context: Mapping[str, Any] | None = None,
     ) -> None:
         """Many scalars at one step, submitted as one batch."""
+        # once per step in Lightning and Hugging Face loops: the same shortcuts as ``scalar``
         step, epoch = to_step(step), to_step(epoch)
-        now = time.time()
+        now = _now()
+        routes = self._routes
         batch: list[rec.Record] = []
         for tag, value in values.items():
-            tag = str(tag)
-            try:
-                number = to_value(value)
-            except Unsupported as exc:
-                self.skip(tag, str(exc))
-                continue
-            name, where = self._where(tag, context)
-            batch.append(rec.Scalar(name, number, step, epoch, where, now))
+            if type(tag) is not str:
+                tag = str(tag)
+            if type(value) is float:
+                number = value
+            else:
+                try:
+                    number = to_value(value)
+                except Unsupported as exc:
+                    self.skip(tag, str(exc))
+                    continue
+            hit = routes.get(tag) if context is None else None
+            name, where = hit if hit is not None else self._where(tag, context)
+            batch.append(_new_scalar(_Scalar, (name, number, step, epoch, where, now)))
         if batch:
             self.sink.submit(batch)
 
