@@ -30,17 +30,22 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 log_metric = exp.log_metric
 writer_peak = 0
 worker = getattr(exp._sink, "_proc", None)
-start = time.perf_counter()
+start = lap = time.perf_counter()
+rates = []  # values per second over each million: does the pace hold as the run grows?
 for index in range(values):
     log_metric("train/metric_%d" % (index % 8), float(index), index // 8)
     if worker is not None and index % 200_000 == 0:
         writer_peak = max(writer_peak, psutil.Process(worker.pid).memory_info().rss)
+    if index % 1_000_000 == 999_999:
+        now = time.perf_counter()
+        rates.append(round(1_000_000 / (now - lap)))
+        lap = now
 exp.flush()
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 exp.close()
 print(json.dumps({"hash": run_hash, "growth_mb": (peak - before) / 1024, "seconds": seconds,
-                  "writer_peak_mb": writer_peak / 2**20}))
+                  "writer_peak_mb": writer_peak / 2**20, "rates": rates}))
 """
 
 
@@ -66,6 +71,7 @@ def main() -> None:
         writer_peak = f"{result['writer_peak_mb']:.0f}" if writer == "process" else "-"
         seconds, growth = result["seconds"], result["growth_mb"]
         print(f"{writer:10} {seconds:9.1f} {growth:19.1f} {writer_peak:>15} {readable:10d}")
+        print(f"{'':10} values/s over each million: {', '.join(map(str, result['rates']))}")
 
 
 if __name__ == "__main__":

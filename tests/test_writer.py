@@ -680,3 +680,51 @@ def test_the_spare_writer_ends_with_the_trainer(repo_dir: Path) -> None:
     )
     assert done.returncode == 0 and not done.stderr, done.stderr
     wait_until(lambda: process_gone(int(done.stdout.split()[-1])), 10, "the spare writer to exit")
+
+
+def test_a_forked_child_leaves_the_parents_spare_writer_alone(repo_dir: Path) -> None:
+    from tracelet_callbacks.sink import writer
+
+    first = tracelet.Experiment(writer="process")
+    first.log_metric("loss", 1.0, 0)
+    first.close()
+    spare = writer._spare.proc.pid
+    child = os.fork()
+    if child == 0:  # a DataLoader-style fork that logs a run of its own
+        code = 1
+        try:
+            own = tracelet.Experiment(writer="process")
+            own.log_metric("loss", 2.0, 0)
+            code = 0 if own._sink._proc.pid != spare else 3
+            own.close()
+        finally:
+            os._exit(code)
+    assert os.waitpid(child, 0)[1] == 0
+    assert writer._spare is not None and writer._spare.proc.pid == spare and writer._spare.usable()
+    again = tracelet.Experiment(writer="process")
+    again.log_metric("loss", 3.0, 0)
+    assert again._sink._proc.pid == spare
+    again.close()
+    runs = {run.hash for run in open_repo(repo_dir).iter_runs()}
+    assert {first.hash, again.hash} <= runs and len(runs) == 3
+
+
+def test_a_writer_that_dies_before_opening_the_run_is_replaced_by_this_process(
+    repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracelet_callbacks.sink import writer
+
+    doomed = writer._Worker()
+    os.kill(doomed.proc.pid, signal.SIGSTOP)  # it will take the run's "open" and never answer
+    monkeypatch.setattr(writer, "_spare", doomed)
+    exp = tracelet.Experiment(writer="process", run_name="rescued", tags={"team": "a"})
+    exp.open()
+    assert exp._sink._proc.pid == doomed.proc.pid
+    with pytest.warns(TraceletWarning, match="stopped before opening the run"):
+        os.kill(doomed.proc.pid, signal.SIGKILL)
+        exp.log_metric("train/loss", 1.0, 0)
+        assert exp.hash is not None  # the run this process opened in its place
+        exp.close()
+    run = read_run(repo_dir, exp.hash)
+    assert (run.name, run["tags"], run["status"]) == ("rescued", {"team": "a"}, "finished")
+    assert indexed_series(repo_dir, exp.hash)[_key("loss", {"subset": "train"})][:2] == ([0], [1.0])

@@ -248,17 +248,22 @@ class ProcessSink(BufferedSink):
     def _read_replies(self, worker: _Worker) -> None:
         """Route the writer's replies until this run is closed, or the writer's pipe ends."""
         inbox = FrameReader(worker.inp)
-        handed_back = False
+        handed_back = False  # the worker is done with this run and fine: it may serve another
+        answered = False
         try:
             answer = inbox.read()
-            if answer is not None and answer[0] == "opened":
+            answered = answer is not None
+            if answer is None:  # it died before opening the run: open it from this process instead
+                self._writer_gone("it stopped before opening the run")
+                self._died_safely(self._gone_reason)
+            elif answer[0] == "opened":
                 _, self._hash, self._artifacts_uri = answer
-            else:
-                detail = answer[1] if answer else "it stopped before opening the run"
-                self._open_error = detail if str(detail).startswith("tracelet:") else f"tracelet: {detail}"
-                handed_back = answer is not None  # it is fine and waits for another run
+            else:  # it could not open the run, and this process would fail the same way
+                detail = str(answer[1])
+                self._open_error = detail if detail.startswith("tracelet:") else f"tracelet: {detail}"
+                handed_back = True
             self._opened.set()
-            while not handed_back and (message := inbox.read()) is not None:
+            while answered and not handed_back and (message := inbox.read()) is not None:
                 if message[0] == "ack":
                     self._acknowledge(*message[1:])
                     continue
@@ -276,17 +281,16 @@ class ProcessSink(BufferedSink):
             if not handed_back:
                 os.close(worker.inp)
                 worker.inp = -1
-        if self._open_error is not None and not self._closed:
-            # the writer could not open the run; this process would fail the same way
-            log.error("%s; values logged to this run are dropped", self._open_error)
-            with self._acked:
-                self._fallback = Unavailable(self._open_error)
-                self._acked.notify_all()
-        elif not handed_back and not self._closed:
+        if self._open_error is not None:
+            if not self._closed:
+                log.error("%s; values logged to this run are dropped", self._open_error)
+                with self._acked:
+                    self._fallback = Unavailable(self._open_error)
+                    self._acked.notify_all()
+            self._let_go(keep=True)
+        elif answered and not handed_back and not self._closed:
             self._writer_gone("its pipe closed")
             threading.Thread(target=self._died_safely, args=("its pipe closed",), daemon=True).start()
-        if handed_back and self._open_error is not None:
-            self._let_go(keep=True)
 
     def _died_safely(self, reason: str) -> None:
         try:
@@ -376,8 +380,11 @@ class ProcessSink(BufferedSink):
         from .run import AimSink
 
         self._release_writer()
-        # the run's lock names the dead writer's pid; aim treats it as stale once that pid is reaped
-        sink = AimSink(self.config.replace(run_hash=self._hash, run_name=None, tags=None), takeover=True)
+        if self._hash is None:  # it died before opening the run: this process opens it
+            sink = AimSink(self.config)
+        else:
+            # the run's lock names the dead writer's pid; aim treats it as stale once that pid is reaped
+            sink = AimSink(self.config.replace(run_hash=self._hash, run_name=None, tags=None), takeover=True)
         sink.open()
         return sink
 
