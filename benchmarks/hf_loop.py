@@ -3,7 +3,8 @@ no callback, aim's own ``AimCallback``, and ``TraceletCallback``.
 
 Each repeat builds a fresh ``Trainer`` per variant (not timed) and times ``trainer.train()``; for ours
 that includes closing the run at ``on_train_end``, so the values are durable and queryable when the
-clock stops. Variants run interleaved; the table shows the median and best of the repeats and the
+clock stops. Variants run interleaved, each repeat starting one variant later, with a garbage
+collection (untimed) before each; the table shows the median and best of the repeats and the
 ratio of medians to the loop without a callback. Finally, every loss the loop logged is read back
 from AIM for our runs.
 
@@ -13,6 +14,7 @@ from AIM for our runs.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -57,6 +59,7 @@ def run_once(make: Any, steps: int, workdir: str, repo: str | None = None) -> tu
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # printing every log line would dominate the loop
+    gc.collect()  # what earlier variants left behind is not collected on this one's clock
     start = time.perf_counter()
     trainer.train()
     elapsed = time.perf_counter() - start
@@ -102,8 +105,11 @@ def main() -> None:
         repos = {name: os.path.join(root, f"aim-{name.replace(' ', '_')}") for name in VARIANTS}
         for repo in repos.values():
             aim.Repo.from_path(repo, init=True)
+        names = list(VARIANTS)
         for repeat in range(options.repeats):
-            for name, make in VARIANTS.items():
+            shift = repeat % len(names)  # each variant takes each place in the order in turn
+            for name in names[shift:] + names[:shift]:
+                make = VARIANTS[name]
                 workdir = os.path.join(root, f"{repeat}-{name.replace(' ', '_')}")
                 elapsed, trainer, callback = run_once(make, options.steps, workdir, repos[name])
                 times[name].append(elapsed)

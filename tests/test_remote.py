@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
@@ -29,8 +30,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def aim_server(tmp_path: Path):
+@contextlib.contextmanager
+def running_server(tmp_path: Path):
     """``aim server`` over a fresh repo; yields its ``aim://`` address and the repo folder."""
     folder = tmp_path / "server_repo"
     folder.mkdir()
@@ -57,6 +58,12 @@ def aim_server(tmp_path: Path):
         gc.collect()  # let aim's remote handles release their server resources while it still runs
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.fixture
+def aim_server(tmp_path: Path):
+    with running_server(tmp_path) as address:
+        yield address
 
 
 def read_back(uri: str, run_hash: str) -> str:
@@ -103,3 +110,19 @@ def test_server_down_is_a_clear_error_within_seconds(repo_dir: Path) -> None:
         tracelet.start_logging(backend="aim", config={"remote_uri": f"aim://127.0.0.1:{port}"})
     assert time.monotonic() - start < 10
     assert tracelet.get_active_experiment() is None
+
+
+def test_a_writer_that_served_a_server_since_stopped_still_exits(repo_dir: Path, tmp_path: Path) -> None:
+    from tracelet_callbacks.sink import writer
+
+    with running_server(tmp_path) as (uri, _):
+        exp = tracelet.Experiment(remote_uri=uri, writer="process")
+        exp.log_metric("loss", 1.0, 0)
+        exp.close()
+    worker = writer._take_worker()  # the writer kept for a next run; let go, it must end by itself
+    os.close(worker.out)
+    os.close(worker.inp)
+    try:
+        assert worker.proc.wait(timeout=30) == 0  # aim's exit handlers once waited for the server forever
+    finally:
+        worker.proc.kill()

@@ -198,4 +198,8 @@ def _serve(sink: Any, inbox: queue.Queue, reply: Any) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    code = main(sys.argv)
+    # Every run this process served is closed, flushed and indexed by now. Skip the interpreter's
+    # teardown: aim's exit handlers would try to release what earlier runs left behind, and for a
+    # run on an `aim server` that has since stopped they wait for it forever.
+    os._exit(code)
