@@ -244,3 +244,13 @@ def test_params_that_cannot_be_read_are_skipped_with_a_warning(repo_dir: Path) -
             exp.log_params(Broken())
         exp.log_params({"after": 2})
     assert read_run(repo_dir, exp.hash)["hparams"] == {"after": 2}
+
+
+def test_a_skipped_value_is_reported_at_the_callers_line(repo_dir: Path) -> None:
+    with (
+        tracelet.Experiment() as exp,
+        pytest.warns(tracelet.TraceletWarning, match="skipped value") as record,
+    ):
+        exp.log_metric("loss", "abc", 0)
+        exp.log_metrics({"acc": "high"}, step=0)
+    assert [w.filename for w in record] == [__file__, __file__]

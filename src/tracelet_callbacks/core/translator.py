@@ -37,6 +37,7 @@ __all__ = ["Sink", "Translator", "artifact_names"]
 
 _new_scalar = tuple.__new__  # builds a Scalar without its generated (Python-level) __new__
 _Scalar = rec.Scalar
+_SKIPPED = object()  # what _convert returns for a value that cannot be stored
 _now = time.time
 
 #: How many distinct tags keep their route cached (a tag per step would otherwise grow it forever).
@@ -89,15 +90,18 @@ class Translator:
 
     # -- the skip-or-raise policy -------------------------------------------------------------------
 
-    def skip(self, tag: str, reason: str, kind: str = "value") -> None:
-        """Report a value we cannot store: once per tag as a warning, or raise when strict."""
+    def skip(self, tag: str, reason: str, kind: str = "value", depth: int = 0) -> None:
+        """Report a value we cannot store: once per tag as a warning, or raise when strict.
+
+        ``depth``: how many frames of ours lie between the adapter's method and this call, beyond one,
+        so that the warning names the user's line."""
         message = f"tracelet: skipped {kind} for {tag!r}: {reason}"
         if self.strict:
             raise TraceletValueError(message)
         if (tag, kind) in self._warned:
             return
         self._warned.add((tag, kind))
-        warnings.warn(message + " (reported once per tag)", TraceletWarning, stacklevel=4)
+        warnings.warn(message + " (reported once per tag)", TraceletWarning, stacklevel=4 + depth)
 
     def notice(self, feature: str, reason: str) -> None:
         """Say once that a feature is kept out of AIM (it stays wherever else it was written)."""
@@ -125,6 +129,14 @@ class Translator:
                 self._routes[key] = hit
         return hit
 
+    def _convert(self, tag: str, value: Any) -> Any:
+        """A value that is not already a float: a float, a ``Deferred`` device scalar, or ``_SKIPPED``."""
+        try:
+            return to_value(value)
+        except Unsupported as exc:
+            self.skip(tag, str(exc), depth=1)
+            return _SKIPPED
+
     def scalar(
         self,
         tag: str,
@@ -136,14 +148,9 @@ class Translator:
         """One scalar under ``tag``, routed to its metric name and context; ``False`` if skipped."""
         # This runs once per logged value on the training thread: the common case (a float, a known
         # tag, an int step) takes no function call it can avoid.
-        if type(value) is float:
-            number = value
-        else:
-            try:
-                number = to_value(value)
-            except Unsupported as exc:
-                self.skip(tag, str(exc))
-                return False
+        number = value if type(value) is float else self._convert(tag, value)
+        if number is _SKIPPED:
+            return False
         hit = self._routes.get(tag) if context is None else None
         name, where = hit if hit is not None else self._where(tag, context)
         if type(step) is not int:
@@ -169,14 +176,9 @@ class Translator:
         for tag, value in values.items():
             if type(tag) is not str:
                 tag = str(tag)
-            if type(value) is float:
-                number = value
-            else:
-                try:
-                    number = to_value(value)
-                except Unsupported as exc:
-                    self.skip(tag, str(exc))
-                    continue
+            number = value if type(value) is float else self._convert(tag, value)
+            if number is _SKIPPED:
+                continue
             hit = routes.get(tag) if context is None else None
             name, where = hit if hit is not None else self._where(tag, context)
             batch.append(_new_scalar(_Scalar, (name, number, step, epoch, where, now)))
