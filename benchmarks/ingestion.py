@@ -5,6 +5,8 @@ call until everything is durable (``flush()``), and the rate over both. Afterwar
 values through ``aim.Repo.query_metrics`` so a fast but lossy writer cannot pass.
 
     python benchmarks/ingestion.py [--values 1000000] [--series 8] [--writers process,thread,sync]
+
+With ``--remote-uri aim://host:53800`` both write to that ``aim server`` instead of a local repo.
 """
 
 from __future__ import annotations
@@ -15,25 +17,29 @@ import tempfile
 import time
 
 
-def log_with_aim(folder: str, values: int, series: int) -> tuple[float, float, str]:
+def log_with_aim(repo: str, values: int, series: int) -> tuple[float, float, str]:
     import aim
 
-    run = aim.Run(repo=folder, system_tracking_interval=None, log_system_params=False)
+    run = aim.Run(repo=repo, system_tracking_interval=None, log_system_params=False)
     names = [f"metric_{i}" for i in range(series)]
     context = {"subset": "train"}
     start = time.perf_counter()
     for index in range(values):
         run.track(float(index), name=names[index % series], step=index // series, context=context)
     loop = time.perf_counter() - start
+    if run.repo.is_remote_repo:  # aim's client queues a server's writes: durable once that queue is empty
+        run.repo._client.get_queue().wait_for_finish()
+    durable = time.perf_counter() - start - loop  # locally Run.track writes as it goes: about 0
     run_hash = run.hash
-    run.close()  # Run.track writes as it goes: durable when it returns
-    return loop, 0.0, run_hash
+    run.close()
+    return loop, durable, run_hash
 
 
-def log_with_tracelet(folder: str, values: int, series: int, writer: str) -> tuple[float, float, str]:
+def log_with_tracelet(repo: str, values: int, series: int, writer: str) -> tuple[float, float, str]:
     import tracelet_callbacks as tracelet
 
-    exp = tracelet.Experiment(repo_path=folder, writer=writer, system_tracking_interval=None).open()
+    where = {"remote_uri": repo} if repo.startswith("aim://") else {"repo_path": repo}
+    exp = tracelet.Experiment(writer=writer, system_tracking_interval=None, **where).open()
     run_hash = exp.hash  # waits for the writer to have opened the run, outside the timed part
     tags = [f"train/metric_{i}" for i in range(series)]
     log_metric = exp.log_metric
@@ -47,16 +53,16 @@ def log_with_tracelet(folder: str, values: int, series: int, writer: str) -> tup
     return loop, durable, run_hash
 
 
-def count(folder: str, run_hash: str) -> int:
+def count(repo: str, run_hash: str) -> int:
     import aim
 
     from tracelet_callbacks.sink.run import index_run
 
-    error = index_run(aim.Repo.from_path(folder), run_hash)  # aim's own runs wait for `aim up`
+    error = index_run(aim.Repo.from_path(repo), run_hash)  # aim's own runs wait for `aim up`
     if error:
         print(error)
     total = 0
-    for metric in aim.Repo(folder).query_metrics(f"run.hash == {run_hash!r}").iter():
+    for metric in aim.Repo(repo).query_metrics(f"run.hash == {run_hash!r}").iter():
         steps, _ = metric.data.items_list()
         total += len(steps)
     return total
@@ -68,12 +74,14 @@ def main() -> None:
     parser.add_argument("--aim-values", type=int, default=None, help="fewer for Run.track (default: same)")
     parser.add_argument("--series", type=int, default=8)
     parser.add_argument("--writers", default="process,thread,sync")
+    parser.add_argument("--remote-uri", default=None, help="an aim server (aim://host:port) to write to")
     args = parser.parse_args()
 
     import aim
 
-    folder = tempfile.mkdtemp(prefix="tracelet-ingest-")
-    aim.Repo.from_path(folder, init=True)
+    folder = args.remote_uri or tempfile.mkdtemp(prefix="tracelet-ingest-")
+    if not args.remote_uri:
+        aim.Repo.from_path(folder, init=True)
     rows = []
     aim_values = args.aim_values or args.values
     loop, durable, run_hash = log_with_aim(folder, aim_values, args.series)
@@ -83,7 +91,7 @@ def main() -> None:
         rows.append((f"tracelet writer={writer}", args.values, loop, durable, count(folder, run_hash)))
 
     reference = rows[0][1] / (rows[0][2] + rows[0][3])
-    print(f"{args.series} series, folder {folder}")
+    print(f"{args.series} series, repo {folder}")
     columns = ("values", "loop s", "last->durable s", "values/s", "x Run.track", "readable")
     print(f"{'what':32} " + " ".join(f"{name:>15}" for name in columns))
     for label, values, loop, durable, readable in rows:

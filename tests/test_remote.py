@@ -126,3 +126,37 @@ def test_a_writer_that_served_a_server_since_stopped_still_exits(repo_dir: Path,
         assert worker.proc.wait(timeout=30) == 0  # aim's exit handlers once waited for the server forever
     finally:
         worker.proc.kill()
+
+
+def test_batched_ingestion_on_a_server_equals_run_track(repo_dir: Path, aim_server) -> None:
+    import aim
+
+    from test_writer import _key, expected_series, indexed_series, same, trace_meta, workload
+    from tracelet_callbacks.sink.run import index_run
+    from tracelet_callbacks.sink.series import ScalarBatcher
+
+    uri, folder = aim_server
+    events = workload(300)
+    run = aim.Run(
+        repo=uri, system_tracking_interval=None, log_system_params=False, capture_terminal_logs=False
+    )
+    for _tag, name, context, value, step, epoch in events:
+        run.track(value, name=name, step=step, epoch=epoch, context=context)
+    reference = run.hash
+    run.close()
+    assert index_run(aim.Repo.from_path(uri), reference) is None  # `aim server` never indexes
+
+    exp = tracelet.Experiment(remote_uri=uri, writer="thread", buffer_size=500)
+    for tag, _name, _context, value, step, epoch in events:
+        exp.log_metric(tag, value, step, epoch=epoch)
+    exp.close()
+    assert isinstance(exp._sink._sink._batcher, ScalarBatcher)  # one request per array, not per value
+
+    ours, theirs = indexed_series(folder, exp.hash), indexed_series(folder, reference)
+    assert ours.keys() == theirs.keys() == expected_series(events).keys()
+    for key, points in expected_series(events).items():
+        assert ours[key][0] == sorted(points), key
+        assert same(ours[key], theirs[key]), key
+    ours_meta, theirs_meta = trace_meta(folder, exp.hash), trace_meta(folder, reference)
+    assert same(ours_meta, theirs_meta)
+    assert ours_meta[_key("loss", {"subset": "train"})]["min"] == -1000.0

@@ -278,10 +278,13 @@ class AimSink:
     # -- durability ---------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Everything submitted so far is on disk (or acknowledged by the server)."""
+        """Everything submitted so far is on disk (or applied by the server)."""
         with self._lock:
-            # A synchronous sink writes as it goes; nothing is held back.
-            return
+            # Locally this sink writes as it goes. aim's client queues a server's writes and sends
+            # them from a thread: wait until that queue is empty (what aim's own Run.close does).
+            run = self._run
+            if run is not None and not self._closed and run.repo.is_remote_repo:
+                run.repo._client.get_queue().wait_for_finish()
 
     def close(self, status: str = "finished") -> None:
         """Record ``status``, close the run and index it. Safe to call twice."""

@@ -1,9 +1,10 @@
-"""Batched scalar ingestion into a local AIM run.
+"""Batched scalar ingestion into an AIM run, local or on an ``aim server``.
 
 ``aim.Run.track`` pays for every value: a context hash, a ``datetime`` call, and eight separate RocksDB
 writes (value, step, epoch, time, plus the ``last`` / ``last_step`` / ``max`` / ``min`` meta keys), each
-committed on its own. A writer that holds a batch can do far better: it groups the batch by series,
-puts every point of every series into one RocksDB ``WriteBatch`` and commits it once, then updates each
+committed on its own (on a server: each one a request). A writer that holds a batch can do far better:
+it groups the batch by series, puts every point of every series into one RocksDB ``WriteBatch`` and
+commits it once (on a server: one ``update`` request per array of a series), then updates each
 series' meta keys once per batch. The result is the same storage layout ``Run.track`` produces, so
 aim's UI, ``query_metrics`` and ``Run.get_metric`` read it unchanged.
 
@@ -16,7 +17,9 @@ tests/test_writer.py, which reads every value back through aim's public API):
   ``batch`` / ``set(..., store_batch=...)`` / ``commit``;
 * the prefix views over each run's RocksDB container (``prefix`` / ``parent``), and
   ``aim.storage.encoding.encode_path`` / ``encode`` for keys and values (a number is a leaf, so its
-  tree encoding is its value encoding at the array index).
+  tree encoding is its value encoding at the array index);
+* on a server, ``update(path, [(key, value), ...])`` of aim's tree proxies, which the server applies
+  key by key (pinned by tests/test_remote.py against ``Run.track`` on a live ``aim server``).
 
 If any of that is missing (a different aim), :class:`ScalarBatcher` says so once and the caller falls
 back to ``Run.track``.
@@ -37,7 +40,7 @@ class ScalarBatcher:
     """Writes many :class:`~tracelet_callbacks.core.records.Scalar` records to one local run at once.
 
     Args:
-        run: an open, writable, local ``aim.Run``.
+        run: an open, writable ``aim.Run``, local or remote.
     """
 
     def __init__(self, run: Any) -> None:
@@ -45,6 +48,7 @@ class ScalarBatcher:
         from aim.storage.context import Context
 
         self._run = run
+        self._remote = bool(run.repo.is_remote_repo)
         self._tracker = run._tracker
         self._meta = run.meta_run_tree
         self._encode_path = encoding.encode_path
@@ -61,7 +65,7 @@ class ScalarBatcher:
         return (
             tracker is not None
             and all(hasattr(tracker, name) for name in needed)
-            and not getattr(run.repo, "is_remote_repo", True)
+            and hasattr(run.repo, "is_remote_repo")
         )
 
     def _context(self, context: dict) -> Any:
@@ -91,25 +95,34 @@ class ScalarBatcher:
             if not info.initialized:
                 tracker._init_sequence_info(ctx.idx, name, points[0].value)
             tracker._update_context_data(ctx)
+            views, rows, updates = self._points(info, ctx.idx, name, points)
+            meta_updates += updates
+            if self._remote:
+                # one request per array of the series (the server writes its keys), not four per value
+                for position, view in enumerate(views):
+                    view.tree.update((), [(index, fields[position]) for index, fields in rows])
+                continue
             if owner is None:
                 owner = _flatten(info.val_view.tree.container)[0]
                 batch = owner.batch()
-            meta_updates += self._put_points(info, ctx.idx, name, points, batch)
+            encode_path, encode = self._encode_path, self._encode
+            prefixes = [_flatten(view.tree.container)[1] for view in views]
+            for index, fields in rows:
+                key = encode_path((index,))
+                for prefix, field in zip(prefixes, fields, strict=True):
+                    batch.put(prefix + key, encode(field))
         if batch is not None:
             owner.commit(batch)
         # the points first, then the meta keys that point at them
         for key, value in meta_updates:
             self._meta[key] = value
 
-    def _put_points(
-        self, info: Any, ctx_idx: int, name: str, points: list[rec.Scalar], batch: Any
-    ) -> list[tuple[tuple, float]]:
-        encode_path, encode = self._encode_path, self._encode
+    def _points(
+        self, info: Any, ctx_idx: int, name: str, points: list[rec.Scalar]
+    ) -> tuple[list[Any], list[tuple[int, tuple]], list[tuple[tuple, float]]]:
+        """The series' array views, its rows ``(step hash, fields in view order)`` and its meta keys."""
         views = (info.val_view, info.step_view, info.epoch_view, info.time_view)
         views = [view for view in views if view is not None]  # (an array view with no items is falsy)
-        # each array lives under a key prefix of one RocksDB container: write there directly
-        # (the writes go into ``batch``, which belongs to that container)
-        prefixes = [_flatten(view.tree.container)[1] for view in views]
         has_step = info.step_view is not None
         # the first point goes through aim's own bookkeeping (dtype, first value, meta keys)
         step = points[0].step if points[0].step is not None else info.count
@@ -117,6 +130,8 @@ class ScalarBatcher:
         last_value = None
         moved = False  # whether max / min changed after the first point (NaN never moves them)
         now = time.time()
+        step_hash = info.step_hash_fn
+        rows: list[tuple[int, tuple]] = []
         for position, point in enumerate(points):
             value = point.value
             if position:
@@ -130,13 +145,11 @@ class ScalarBatcher:
                 if value < info.min:
                     info.min = value
                     moved = True
-            index = encode_path((info.step_hash_fn(step),))
             stamp = point.timestamp if point.timestamp is not None else now
             fields = (value, step, point.epoch, stamp) if has_step else (value, point.epoch, stamp)
-            for prefix, field in zip(prefixes, fields, strict=True):
-                batch.put(prefix + index, encode(field))
+            rows.append((step_hash(step), fields))
         if len(points) == 1:
-            return []
+            return views, rows, []
         # the meta keys Run.track rewrites for every value, written once per batch
         trace = ("traces", ctx_idx, name)
         updates: list[tuple[tuple, float]] = [((*trace, "last_step"), info.count - 1)]
@@ -144,7 +157,7 @@ class ScalarBatcher:
             updates += [((*trace, "max"), info.max), ((*trace, "min"), info.min)]
         if last_value is not None:
             updates.append(((*trace, "last"), last_value))
-        return updates
+        return views, rows, updates
 
 
 def _flatten(container: Any) -> tuple[Any, bytes]:

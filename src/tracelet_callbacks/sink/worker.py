@@ -183,6 +183,8 @@ def _serve(sink: Any, inbox: queue.Queue, reply: Any) -> bool:
             error = None
             try:
                 sink.submit(unpack(message[2]))
+                if inbox.empty():  # caught up: make it durable before saying so (a server's queue)
+                    sink.flush()
             except Exception as exc:  # an artifact that could not be stored: the caller is waiting
                 error = str(exc)
             reply(("ack", seq, sink.failures, error or sink.last_error))

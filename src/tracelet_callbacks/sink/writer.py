@@ -427,6 +427,8 @@ class ThreadSink(BufferedSink):
                     return
                 try:
                     self._sink.submit(batch)
+                    if not self._queue:  # caught up: make it durable before saying so (a server's queue)
+                        self._sink.flush()
                 except Exception as exc:
                     self._error = exc
                     self._acknowledge(seq, max(self._sink.failures, 1), repr(exc))
