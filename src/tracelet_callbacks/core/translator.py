@@ -114,14 +114,11 @@ class Translator:
 
     def _where(self, tag: str, context: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
         # every logged value asks this; a tag (with the same extra context) routes the same way each time
-        key: Any = tag
-        if context is not None:
-            key = (tag, *context.items())
-            try:
-                hash(key)
-            except TypeError:  # an unhashable context value: route it afresh each time
-                key = None
-        hit = self._routes.get(key) if key is not None else None
+        key: Any = tag if context is None else (tag, *context.items())
+        try:
+            hit = self._routes.get(key)
+        except TypeError:  # an unhashable context value: route it afresh each time
+            key = hit = None
         if hit is None:
             found = self.table(tag)
             hit = (found.name, {**self.base_context, **found.context, **(context or {})})

@@ -365,8 +365,9 @@ class ProcessSink(BufferedSink):
             self._reader.join(5.0)
         self._let_go(keep=ok and self._reader is not None and not self._reader.is_alive())
 
-    def _let_go(self, keep: bool) -> None:
-        """Stop using the writer: keep it for this process's next run, or let it exit."""
+    def _let_go(self, keep: bool, wait: float | None = None) -> None:
+        """Stop using the writer: keep it for this process's next run, or let it exit (reaped within
+        ``wait`` seconds when given, else in the background)."""
         with self._send_lock:  # never under a message being written
             worker, self._worker = self._worker, None
         if worker is None:
@@ -374,12 +375,13 @@ class ProcessSink(BufferedSink):
         if keep:
             _keep_worker(worker)
         else:
-            worker.release(close_input=not (self._reader and self._reader.is_alive()))
+            # a reply thread still reading owns the reply pipe: it closes it when the stream ends
+            worker.release(close_input=not (self._reader and self._reader.is_alive()), wait=wait)
 
     def _take_over(self) -> Any:
         from .run import AimSink
 
-        self._release_writer()
+        self._let_go(keep=False, wait=10.0)
         if self._hash is None:  # it died before opening the run: this process opens it
             sink = AimSink(self.config)
         else:
@@ -387,13 +389,6 @@ class ProcessSink(BufferedSink):
             sink = AimSink(self.config.replace(run_hash=self._hash, run_name=None, tags=None), takeover=True)
         sink.open()
         return sink
-
-    def _release_writer(self, wait: float = 10.0) -> None:
-        with self._send_lock:
-            worker, self._worker = self._worker, None
-        if worker is not None:
-            # the reply thread still owns the reply pipe: it closes it when the stream ends
-            worker.release(close_input=False, wait=wait)
 
 
 class ThreadSink(BufferedSink):
