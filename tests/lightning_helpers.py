@@ -108,7 +108,7 @@ def main() -> None:
 
     import lightning.pytorch as pl
 
-    from tracelet_callbacks.lightning import TraceletAimLogger
+    from tracelet_callbacks import TraceletAimLogger
 
     module, data = classes(pl)
     logger = TraceletAimLogger(

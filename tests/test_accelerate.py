@@ -154,7 +154,7 @@ NOT_MAIN_JOB = """
     import numpy as np
     from accelerate import PartialState
 
-    from tracelet_callbacks.accelerate import TraceletAimTracker
+    from tracelet_callbacks import TraceletAimTracker
 
     state = PartialState(cpu=True)  # a real 2-process gloo group: rank 1 is not the main process
     tracker = TraceletAimTracker("ranks", repo_path=os.path.join(sys.argv[1], f"rank{state.process_index}"))

@@ -33,10 +33,10 @@ from transformers import TrainerControl, TrainerState, TrainingArguments  # noqa
 import tracelet_callbacks as tracelet  # noqa: E402
 from conftest import open_repo  # noqa: E402
 from tracelet_callbacks import TraceletValueError, TraceletWarning  # noqa: E402
-from tracelet_callbacks.accelerate import TraceletAimTracker  # noqa: E402
-from tracelet_callbacks.hf import TraceletCallback  # noqa: E402
-from tracelet_callbacks.lightning import TraceletAimLogger  # noqa: E402
-from tracelet_callbacks.tensorboard import TraceletWriter  # noqa: E402
+from tracelet_callbacks import TraceletAimTracker  # noqa: E402
+from tracelet_callbacks import TraceletCallback  # noqa: E402
+from tracelet_callbacks import TraceletAimLogger  # noqa: E402
+from tracelet_callbacks import TraceletWriter  # noqa: E402
 from tracelet_callbacks.testing import RecordingSink  # noqa: E402
 
 TRAIN, VAL, TEST = {"subset": "train"}, {"subset": "val"}, {"subset": "test"}

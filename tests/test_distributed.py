@@ -102,7 +102,7 @@ LIGHTNING_JOB = """
     import lightning.pytorch as pl
 
     from lightning_helpers import classes, trainer_kwargs
-    from tracelet_callbacks.lightning import TraceletAimLogger
+    from tracelet_callbacks import TraceletAimLogger
 
     TinyModule, TinyData = classes(pl)
     logger = TraceletAimLogger(repo_path=sys.argv[1], experiment_name="ddp", run_name="lightning-ddp")
@@ -134,7 +134,7 @@ HF_JOB = """
     from transformers import Trainer
 
     from hf_helpers import TokenDataset, tiny_args, tiny_bert
-    from tracelet_callbacks.hf import TraceletCallback
+    from tracelet_callbacks import TraceletCallback
 
     callback = TraceletCallback(repo_path=sys.argv[1], experiment_name="hf-ddp", run_name="hf-ddp")
     args = tiny_args(os.path.join(os.getcwd(), "out"), ddp_backend="gloo", max_steps=3)
@@ -161,7 +161,7 @@ ACCELERATE_JOB = """
     import torch
     from accelerate import Accelerator
 
-    from tracelet_callbacks.accelerate import TraceletAimTracker
+    from tracelet_callbacks import TraceletAimTracker
 
     tracker = TraceletAimTracker("accelerate-ddp", repo_path=sys.argv[1], experiment_name="acc-ddp")
     accelerator = Accelerator(cpu=True, log_with=[tracker])

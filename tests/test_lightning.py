@@ -28,9 +28,9 @@ import tracelet_callbacks as tracelet  # noqa: E402
 from conftest import open_repo, series  # noqa: E402
 from lightning_helpers import TRAIN_BATCHES, classes, trainer_kwargs  # noqa: E402
 from tracelet_callbacks import TraceletWarning  # noqa: E402
-from tracelet_callbacks._lightning_core import CHECKPOINT_INDEX  # noqa: E402
+from tracelet_callbacks.integrations.lightning.core import CHECKPOINT_INDEX  # noqa: E402
 from tracelet_callbacks.core.params import REDACTED  # noqa: E402
-from tracelet_callbacks.lightning import TraceletAimLogger  # noqa: E402
+from tracelet_callbacks import TraceletAimLogger  # noqa: E402
 
 TinyModule, TinyData = classes(pl)
 HELPERS = Path(__file__).with_name("lightning_helpers.py")
@@ -268,7 +268,7 @@ def test_stored_checkpoints_have_saved_secrets_redacted(tmp_path: Path, log_mode
 def test_checkpoint_without_secrets_is_stored_byte_for_byte_and_unreadable_ones_not_at_all(
     tmp_path: Path,
 ) -> None:
-    from tracelet_callbacks._lightning_info import scrubbed_checkpoint
+    from tracelet_callbacks.integrations.lightning.info import scrubbed_checkpoint
 
     clean = tmp_path / "clean.ckpt"
     torch.save({"hyper_parameters": {"lr": 0.1, "hub_token": None}, "state_dict": {}}, clean)
@@ -437,7 +437,7 @@ def test_non_zero_ranks_never_open_a_run(tmp_path: Path, monkeypatch: pytest.Mon
 def test_info_helpers_doctests() -> None:
     import doctest
 
-    from tracelet_callbacks import _lightning_info
+    from tracelet_callbacks.integrations.lightning import info as _lightning_info
 
     assert doctest.testmod(_lightning_info).failed == 0
 

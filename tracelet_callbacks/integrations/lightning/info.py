@@ -17,8 +17,8 @@ import os
 from collections.abc import MutableMapping
 from typing import Any
 
-from .config import TraceletConfig
-from .core.params import REDACTED, is_secret_key, parameter_counts, redact_text
+from ...config import TraceletConfig
+from ...core.params import REDACTED, is_secret_key, parameter_counts, redact_text
 
 __all__ = [
     "CHECKPOINT_INDEX",

@@ -30,12 +30,12 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from .config import FIELDS, TraceletConfig, resolve
-from .core.params import parameter_counts, to_params
-from .core.translator import Translator
-from .errors import TraceletValueError, TraceletWarning
-from .experiment import Experiment, RunHandle
-from .session import global_rank
+from ..config import FIELDS, TraceletConfig, resolve
+from ..core.params import parameter_counts, to_params
+from ..core.translator import Translator
+from ..errors import TraceletValueError, TraceletWarning
+from ..run.experiment import Experiment, RunHandle
+from ..session import global_rank
 
 try:
     from transformers import TrainerCallback

@@ -14,13 +14,13 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from . import _lifecycle
-from .config import TraceletConfig, resolve
-from .core import records as rec
-from .core.params import to_params
-from .core.translator import Translator
-from .core.values import Unsupported, to_step, to_value
-from .errors import TraceletError, TraceletWarning
+from . import exits
+from ..config import TraceletConfig, resolve
+from ..core import records as rec
+from ..core.params import to_params
+from ..core.translator import Translator
+from ..core.values import Unsupported, to_step, to_value
+from ..errors import TraceletError, TraceletWarning
 
 __all__ = ["Experiment", "RunHandle"]
 
@@ -77,7 +77,7 @@ class Experiment:
             if self._closed:
                 raise TraceletError("tracelet: this experiment is closed; start a new one to log more")
             # the sink imports aim: keep that off `import tracelet_callbacks`
-            from .sink.writer import open_sink
+            from ..sink.writer import open_sink
 
             sink = open_sink(self.config)
             self._sink = sink
@@ -85,7 +85,7 @@ class Experiment:
             self._opened = True
             self._live = self._translator
             self._translator.tags(self.config.tags)
-            _lifecycle.watch(self)
+            exits.watch(self)
         return self
 
     @property
@@ -126,7 +126,7 @@ class Experiment:
                 return
             self._closed = True
             self._live = None
-            _lifecycle.forget(self)
+            exits.forget(self)
             if self._opened:
                 self._sink.close(status)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from .config import resolve
 from .errors import TraceletWarning
-from .experiment import Experiment
+from .run.experiment import Experiment
 
 __all__ = ["SUPPORTED_BACKENDS", "get_active_experiment", "global_rank", "start_logging", "stop_logging"]
 
@@ -120,7 +120,7 @@ def _tensorboard_available() -> bool:
 def _patch_writers() -> None:
     if not _tensorboard_available():
         return
-    from .tensorboard import patch_summary_writer
+    from .integrations.tensorboard import patch_summary_writer
 
     patch_summary_writer()
 
@@ -128,6 +128,6 @@ def _patch_writers() -> None:
 def _unpatch_writers() -> None:
     import sys
 
-    module = sys.modules.get("tracelet_callbacks.tensorboard")
+    module = sys.modules.get("tracelet_callbacks.integrations.tensorboard")
     if module is not None:
         module.unpatch_summary_writer()

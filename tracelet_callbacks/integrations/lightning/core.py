@@ -55,7 +55,7 @@ from typing import Any, ClassVar
 
 from lightning_utilities.core.rank_zero import rank_zero_only
 
-from ._lightning_info import (
+from .info import (
     CHECKPOINT_INDEX,
     checkpoint_files,
     checkpoint_summary,
@@ -67,11 +67,11 @@ from ._lightning_info import (
     scrubbed_checkpoint,
     trainer_params,
 )
-from .config import TraceletConfig, resolve
-from .core.records import normalise_status
-from .core.translator import Translator
-from .errors import TraceletError, TraceletWarning
-from .experiment import Experiment, RunHandle
+from ...config import TraceletConfig, resolve
+from ...core.records import normalise_status
+from ...core.translator import Translator
+from ...errors import TraceletError, TraceletWarning
+from ...run.experiment import Experiment, RunHandle
 
 __all__ = ["CHECKPOINT_INDEX", "AimLoggerCore"]
 

@@ -12,7 +12,7 @@ takes it::
 
 from __future__ import annotations
 
-from ._lightning_core import AimLoggerCore
+from .core import AimLoggerCore
 
 try:
     from pytorch_lightning import Trainer

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 from .config import TraceletConfig
 from .core.routing import RoutingTable
 from .errors import TraceletError, TraceletValueError, TraceletWarning
-from .experiment import Experiment, RunHandle
+from .run.experiment import Experiment, RunHandle
 from .session import get_active_experiment, start_logging, stop_logging
 
 if TYPE_CHECKING:
-    from .tensorboard import TraceletWriter
+    from .integrations.tensorboard import TraceletWriter
 
 __version__ = "0.1.0"
 
@@ -43,10 +43,10 @@ __all__ = [
 
 #: public name -> (module, the extra that installs what it needs)
 _LAZY = {
-    "TraceletWriter": (".tensorboard", "tensorboard"),
-    "TraceletAimLogger": (".lightning", "lightning"),
-    "TraceletCallback": (".hf", "transformers"),
-    "TraceletAimTracker": (".accelerate", "accelerate"),
+    "TraceletWriter": (".integrations.tensorboard", "tensorboard"),
+    "TraceletAimLogger": (".integrations.lightning.logger", "lightning"),
+    "TraceletCallback": (".integrations.hf", "transformers"),
+    "TraceletAimTracker": (".integrations.accelerate", "accelerate"),
 }
 
 

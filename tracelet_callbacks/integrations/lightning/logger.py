@@ -13,7 +13,7 @@ is described in :mod:`tracelet_callbacks._lightning_core`.
 
 from __future__ import annotations
 
-from ._lightning_core import AimLoggerCore
+from .core import AimLoggerCore
 
 __all__ = ["TraceletAimLogger"]
 

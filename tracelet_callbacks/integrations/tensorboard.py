@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping
 from threading import get_ident
 from typing import Any
 
-from . import session
-from .core.translator import Translator
-from .core.values import Unsupported, flatten_values, is_tensor
-from .errors import TraceletValueError, TraceletWarning
-from .experiment import Experiment
+from .. import session
+from ..core.translator import Translator
+from ..core.values import Unsupported, flatten_values, is_tensor
+from ..errors import TraceletValueError, TraceletWarning
+from ..run.experiment import Experiment
 
 try:
     from torch.utils.tensorboard import SummaryWriter

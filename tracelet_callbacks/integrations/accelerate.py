@@ -12,8 +12,8 @@ import gc
 from collections.abc import Mapping
 from typing import Any
 
-from .config import FIELDS, TraceletConfig, resolve
-from .experiment import Experiment, RunHandle
+from ..config import FIELDS, TraceletConfig, resolve
+from ..run.experiment import Experiment, RunHandle
 
 try:
     from accelerate.tracking import GeneralTracker, on_main_process
