@@ -6,14 +6,13 @@ Four entry points feed one translation core: ``TraceletWriter.add_scalar``, Ligh
 ``TraceletAimTracker.log``. Each is driven with the same ``{tag: value}`` batches at the same steps;
 the ``(metric name, context, step, value)`` they produce must be identical:
 
-* through a :class:`~tracelet_callbacks.testing.RecordingSink` put in place of the writer (the one seam
-  every adapter shares is ``Experiment.open`` -> ``sink.writer.open_sink``), and
+* through a :class:`~tracelet_callbacks.testing.RecordingSink` handed to each entry point as its
+  ``sink_factory=`` (the seam every entry point takes, no monkeypatching), and
 * through a real AIM repo, read back with aim's public API.
 """
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,11 +31,14 @@ from transformers import TrainerControl, TrainerState, TrainingArguments  # noqa
 
 import tracelet_callbacks as tracelet  # noqa: E402
 from conftest import open_repo  # noqa: E402
-from tracelet_callbacks import TraceletValueError, TraceletWarning  # noqa: E402
-from tracelet_callbacks import TraceletAimTracker  # noqa: E402
-from tracelet_callbacks import TraceletCallback  # noqa: E402
-from tracelet_callbacks import TraceletAimLogger  # noqa: E402
-from tracelet_callbacks import TraceletWriter  # noqa: E402
+from tracelet_callbacks import (  # noqa: E402
+    TraceletAimLogger,
+    TraceletAimTracker,
+    TraceletCallback,
+    TraceletValueError,
+    TraceletWarning,
+    TraceletWriter,
+)
 from tracelet_callbacks.testing import RecordingSink  # noqa: E402
 
 TRAIN, VAL, TEST = {"subset": "train"}, {"subset": "val"}, {"subset": "test"}
@@ -131,40 +133,21 @@ ADAPTERS: dict[str, Callable[[dict[str, Any], list[tuple[int, dict[str, Any]]]],
 # -- the recording seam ------------------------------------------------------------------------------
 
 
-class _FakeSink(RecordingSink):
-    """A RecordingSink with the few attributes ``Experiment`` reads off a real sink."""
-
-    _numbers = itertools.count()
-
-    def __init__(self, config: Any) -> None:
-        super().__init__()
-        self.config = config
-        self.hash = f"contract{next(self._numbers):016d}"
-        self.status: str | None = None
-        self.artifacts_uri = None
-
-    def close(self, status: str = "finished") -> None:
-        super().close(status)
-        self.status = self.closed_with
-
-    def get(self, key: str) -> Any:
-        raise KeyError(key)
-
-
 @pytest.fixture
-def sinks(repo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[_FakeSink]]:
-    """Every sink an ``Experiment`` opens during the test, in order; no AIM repo is touched."""
-    import tracelet_callbacks.sink.writer as writer_module
-
-    opened: list[_FakeSink] = []
-
-    def open_sink(config: Any) -> _FakeSink:
-        opened.append(_FakeSink(config))
-        return opened[-1]
-
-    monkeypatch.setattr(writer_module, "open_sink", open_sink)
-    yield opened
+def sinks(repo_dir: Path) -> Iterator[list[RecordingSink]]:
+    """Every sink an entry point opens during the test, in order; no AIM repo is touched."""
+    yield []
     assert not (repo_dir / "aim" / ".aim").exists()  # the seam held: nothing reached aim
+
+
+def _recording(repo_dir: Path, sinks: list[RecordingSink], **extra: Any) -> dict[str, Any]:
+    """Settings whose ``sink_factory`` records into ``sinks`` (the seam every entry point takes)."""
+
+    def factory(config: Any) -> RecordingSink:
+        sinks.append(RecordingSink(config))
+        return sinks[-1]
+
+    return _settings(repo_dir, sink_factory=factory, **extra)
 
 
 def _settings(repo_dir: Path, **extra: Any) -> dict[str, Any]:
@@ -194,7 +177,7 @@ def _same(left: list[Point], right: list[Point]) -> bool:
     )
 
 
-def _one_sink(sinks: list[_FakeSink], adapter: str) -> _FakeSink:
+def _one_sink(sinks: list[RecordingSink], adapter: str) -> RecordingSink:
     assert len(sinks) == 1, f"{adapter} opened {len(sinks)} runs for one job"
     return sinks[0]
 
@@ -213,22 +196,22 @@ def test_every_tag_routes_as_the_table_says() -> None:
 
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
 def test_each_adapter_gives_the_tables_series_at_the_given_steps(
-    adapter: str, repo_dir: Path, sinks: list[_FakeSink]
+    adapter: str, repo_dir: Path, sinks: list[RecordingSink]
 ) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", TraceletWarning)  # a clean batch must not warn
-        ADAPTERS[adapter](_settings(repo_dir), BATCHES)
+        ADAPTERS[adapter](_recording(repo_dir, sinks), BATCHES)
     sink = _one_sink(sinks, adapter)
     assert _same(_points(sink), _expected_points()), (adapter, _points(sink))
     assert sink.closed_with == "finished"
 
 
-def test_all_adapters_give_identical_records(repo_dir: Path, sinks: list[_FakeSink]) -> None:
+def test_all_adapters_give_identical_records(repo_dir: Path, sinks: list[RecordingSink]) -> None:
     """Side by side: the four lists of (name, context, step, value) are one list."""
     produced = {}
     for adapter, drive in ADAPTERS.items():
         before = len(sinks)
-        drive(_settings(repo_dir), BATCHES)
+        drive(_recording(repo_dir, sinks), BATCHES)
         assert len(sinks) == before + 1, f"{adapter} opened {len(sinks) - before} runs"
         produced[adapter] = _points(sinks[-1])
     reference = produced["writer"]
@@ -238,10 +221,10 @@ def test_all_adapters_give_identical_records(repo_dir: Path, sinks: list[_FakeSi
 
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
 def test_values_no_adapter_can_store_are_skipped_with_a_warning(
-    adapter: str, repo_dir: Path, sinks: list[_FakeSink]
+    adapter: str, repo_dir: Path, sinks: list[RecordingSink]
 ) -> None:
     with pytest.warns(TraceletWarning) as caught:
-        ADAPTERS[adapter](_settings(repo_dir), [(5, dict(BAD))])
+        ADAPTERS[adapter](_recording(repo_dir, sinks), [(5, dict(BAD))])
     sink = _one_sink(sinks, adapter)
     assert _points(sink) == [("acc", (("subset", "test"),), 5, 0.5)]
     messages = " ".join(str(w.message) for w in caught)
@@ -252,14 +235,14 @@ def test_values_no_adapter_can_store_are_skipped_with_a_warning(
 
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
 def test_strict_raises_the_same_error_in_every_adapter(
-    adapter: str, repo_dir: Path, sinks: list[_FakeSink]
+    adapter: str, repo_dir: Path, sinks: list[RecordingSink]
 ) -> None:
     with pytest.raises(TraceletValueError, match="val_loss"):
-        ADAPTERS[adapter](_settings(repo_dir, strict=True), [(0, {"val_loss": None})])
+        ADAPTERS[adapter](_recording(repo_dir, sinks, strict=True), [(0, {"val_loss": None})])
 
 
 def test_an_epoch_key_means_the_same_in_every_framework_adapter(
-    repo_dir: Path, sinks: list[_FakeSink]
+    repo_dir: Path, sinks: list[RecordingSink]
 ) -> None:
     # Lightning, HF and Accelerate hand over a metrics dict in which `epoch` is the trainer's epoch:
     # it becomes AIM's epoch, never a series. (TensorBoard's add_scalar("epoch", ...) is a chart the
@@ -268,7 +251,7 @@ def test_an_epoch_key_means_the_same_in_every_framework_adapter(
     for adapter, drive in ADAPTERS.items():
         if adapter == "writer":
             continue
-        drive(_settings(repo_dir), [(7, {"train/loss": 0.5, "epoch": 2})])
+        drive(_recording(repo_dir, sinks), [(7, {"train/loss": 0.5, "epoch": 2})])
         produced[adapter] = sorted((name, context) for name, context, _s, _v in _points(sinks[-1]))
     assert produced["lightning"] == [("loss", (("subset", "train"),))], produced
     assert all(points == produced["lightning"] for points in produced.values()), produced

@@ -108,9 +108,10 @@ def test_one_run_with_train_loss_per_logging_step(trained: dict[str, Any]) -> No
     assert series(repo, "loss", TRAIN, run_hash) == pytest.approx(expected)
     assert series(repo, "grad_norm", TRAIN, run_hash) == pytest.approx(_by_step(history, "grad_norm"))
     assert series(repo, "learning_rate", TRAIN, run_hash) == pytest.approx(_by_step(history, "learning_rate"))
-    # HF's "epoch" key is state.epoch: AIM's epoch of each point (whole epochs), never a series
+    # HF's "epoch" key is state.epoch: AIM's epoch of each point, fractional as HF reports it (aim's own
+    # callback keeps it so too), never a series
     assert series(repo, "epoch", None, run_hash) == {}
-    assert epochs(repo, "loss", TRAIN, run_hash) == {1: 0, 2: 0, 3: 0, 4: 1}
+    assert epochs(repo, "loss", TRAIN, run_hash) == {1: 0.25, 2: 0.5, 3: 0.75, 4: 1}
     assert series(repo, "load_seconds", {}, run_hash) == {0: 1.5}
     # durable and queryable as soon as train() returned, closed as finished; reading the handle's
     # name afterwards neither reopens the run nor forgets it
@@ -443,7 +444,7 @@ def test_routing_off_never_puts_eval_or_test_keys_in_train(tmp_path: Path) -> No
         assert series(repo, key, None, run_hash) == {3: pytest.approx(value)}, key
         assert series(repo, key, {}, run_hash) == {3: pytest.approx(value)}, key
     assert series(repo, "epoch", None, run_hash) == {}
-    assert epochs(repo, "loss", TRAIN, run_hash) == {3: 1}
+    assert epochs(repo, "loss", TRAIN, run_hash) == {3: 1.5}
 
 
 def test_other_processes_write_nothing(tmp_path: Path) -> None:

@@ -111,3 +111,36 @@ def test_an_exception_inside_a_writer_block_records_failed(repo_dir: Path) -> No
         writer.add_scalar("loss", 1.0, 0)
         raise RuntimeError("diverged")
     assert only_run(repo_dir)["status"] == "failed"
+
+
+EXIT_HOOKS_LEFT_ALONE = """
+import signal, sys
+import tracelet_callbacks as tracelet
+from tracelet_callbacks.testing import RecordingSink
+
+def mine(kind, value, tb):
+    print("my hook", kind.__name__)
+
+def on_term(signum, frame):
+    pass
+
+sys.excepthook = mine
+signal.signal(signal.SIGTERM, on_term)
+exp = tracelet.Experiment(exit_handlers={flag}, sink_factory=RecordingSink).open()
+exp.log_metric("loss", 1.0)
+print("excepthook kept:", sys.excepthook is mine)
+print("sigterm kept:", signal.getsignal(signal.SIGTERM) is on_term)
+"""
+
+
+@pytest.mark.parametrize(("flag", "kept"), [(False, True), (True, False)])
+def test_exit_handlers_false_leaves_excepthook_and_sigterm_alone(
+    repo_dir: Path, flag: bool, kept: bool
+) -> None:
+    code = textwrap.dedent(EXIT_HOOKS_LEFT_ALONE).replace("{flag}", str(flag))
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo_dir, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"excepthook kept: {kept}" in done.stdout
+    assert f"sigterm kept: {kept}" in done.stdout

@@ -27,10 +27,12 @@ import torch  # noqa: E402
 import tracelet_callbacks as tracelet  # noqa: E402
 from conftest import open_repo, series  # noqa: E402
 from lightning_helpers import TRAIN_BATCHES, classes, trainer_kwargs  # noqa: E402
-from tracelet_callbacks import TraceletWarning  # noqa: E402
-from tracelet_callbacks.integrations.lightning.core import CHECKPOINT_INDEX  # noqa: E402
+from tracelet_callbacks import (  # noqa: E402
+    TraceletAimLogger,
+    TraceletWarning,
+)
 from tracelet_callbacks.core.params import REDACTED  # noqa: E402
-from tracelet_callbacks import TraceletAimLogger  # noqa: E402
+from tracelet_callbacks.integrations.lightning.core import CHECKPOINT_INDEX  # noqa: E402
 
 TinyModule, TinyData = classes(pl)
 HELPERS = Path(__file__).with_name("lightning_helpers.py")
@@ -197,10 +199,10 @@ def test_log_model_true_stores_best_and_last_checkpoint_bytes(
 
 def test_logger_pickles_and_deep_copies_before_and_after_fit(full: types.SimpleNamespace) -> None:
     for copied in full.before.values():
-        assert copied._exp is None and copied._run_hash is None  # no run was opened to copy
+        assert not copied._runs.started  # no run was opened to copy
         assert copied.name == "full"
     for copied in full.after.values():
-        assert copied._exp is None
+        assert not copied._runs.is_open
         assert copied.version == full.hash  # continues the same run, without opening it to say so
         assert copied._config.log_model is True
 
@@ -268,7 +270,7 @@ def test_stored_checkpoints_have_saved_secrets_redacted(tmp_path: Path, log_mode
 def test_checkpoint_without_secrets_is_stored_byte_for_byte_and_unreadable_ones_not_at_all(
     tmp_path: Path,
 ) -> None:
-    from tracelet_callbacks.integrations.lightning.info import scrubbed_checkpoint
+    from tracelet_callbacks.run.checkpoints import scrubbed_checkpoint
 
     clean = tmp_path / "clean.ckpt"
     torch.save({"hyper_parameters": {"lr": 0.1, "hub_token": None}, "state_dict": {}}, clean)
@@ -278,7 +280,7 @@ def test_checkpoint_without_secrets_is_stored_byte_for_byte_and_unreadable_ones_
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"not a checkpoint " + API_KEY.encode())
     with pytest.warns(TraceletWarning, match="could not be checked for secrets"):
-        logger._store_checkpoints(logger._opened(), [str(broken), str(clean)])
+        logger._checkpoints.store(logger._opened(), [str(broken), str(clean)], "checkpoints")
     logger.finalize("success")
     assert _stored(tmp_path / "aim", logger.version) == {"clean.ckpt": clean.read_bytes()}
 
@@ -432,14 +434,6 @@ def test_non_zero_ranks_never_open_a_run(tmp_path: Path, monkeypatch: pytest.Mon
     logger.finalize("success")
     assert logger.version is None
     assert not (tmp_path / "rank1").exists()
-
-
-def test_info_helpers_doctests() -> None:
-    import doctest
-
-    from tracelet_callbacks.integrations.lightning import info as _lightning_info
-
-    assert doctest.testmod(_lightning_info).failed == 0
 
 
 def test_bad_settings_fail_at_construction_without_side_effects(tmp_path: Path) -> None:

@@ -19,8 +19,11 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 import tracelet_callbacks as tracelet  # noqa: E402
 from conftest import open_repo, read_run, sequence_names, series  # noqa: E402
-from tracelet_callbacks import TraceletValueError, TraceletWarning  # noqa: E402
-from tracelet_callbacks import TraceletWriter  # noqa: E402
+from tracelet_callbacks import (  # noqa: E402
+    TraceletValueError,
+    TraceletWarning,
+    TraceletWriter,
+)
 
 ORIGINAL_ADD_SCALAR = SummaryWriter.__dict__["add_scalar"]
 TRAIN, VAL = {"subset": "train"}, {"subset": "val"}

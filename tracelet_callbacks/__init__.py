@@ -2,7 +2,7 @@
 
 >>> import tracelet_callbacks as tracelet
 >>> sorted(tracelet.__all__)[:3]
-['Experiment', 'RoutingTable', 'TraceletAimLogger']
+['Experiment', 'RoutingTable', 'RunHandle']
 
 The framework adapters are imported on first use, so ``import tracelet_callbacks`` needs none of
 lightning, transformers, accelerate or tensorboard.
@@ -45,7 +45,7 @@ __all__ = [
 _LAZY = {
     "TraceletWriter": (".integrations.tensorboard", "tensorboard"),
     "TraceletAimLogger": (".integrations.lightning.logger", "lightning"),
-    "TraceletCallback": (".integrations.hf", "transformers"),
+    "TraceletCallback": (".integrations.hf.callback", "transformers"),
     "TraceletAimTracker": (".integrations.accelerate", "accelerate"),
 }
 

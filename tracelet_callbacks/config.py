@@ -1,8 +1,8 @@
 """One settings object for every entry point: keywords > ``config`` dict > ``TRACELET_*`` env > defaults.
 
->>> cfg = resolve({"run_name": "baseline"}, {"repo_path": "./aim_repo", "run_name": "ignored"}, env={})
+>>> cfg = resolve({"run_name": "baseline"}, {"repo_path": "/tmp/aim_repo", "run_name": "ignored"}, env={})
 >>> cfg.run_name, cfg.repo_path, cfg.experiment_name
-('baseline', './aim_repo', 'Tracelet Experiments')
+('baseline', '/tmp/aim_repo', 'Tracelet Experiments')
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ENV_VARS", "WRITER_MODES", "TraceletConfig", "resolve"]
+from .core.routing import make_table
+
+__all__ = ["ENV_VARS", "WRITER_MODES", "TraceletConfig", "coerce", "resolve"]
 
 DEFAULT_EXPERIMENT = "Tracelet Experiments"
 
@@ -24,8 +26,11 @@ DEFAULT_EXPERIMENT = "Tracelet Experiments"
 class TraceletConfig:
     """The settings every entry point takes, under the same names.
 
+    Build it with :func:`resolve` or hand it to an entry point, which validates it (:func:`coerce`).
+
     Attributes:
         repo_path: folder holding the AIM repo (``<repo_path>/.aim``); ``.`` so ``aim up`` there shows it.
+            Made absolute when the settings are resolved, so a later ``chdir`` changes nothing.
         experiment_name: the AIM experiment the run belongs to.
         run_name: the run's display name.
         tags: a mapping (stored as queryable params under ``tags`` and as ``key=value`` AIM tags) or a
@@ -46,6 +51,11 @@ class TraceletConfig:
         writer: where AIM writes happen: ``"process"`` (a writer process fed through a pipe, so the
             training loop pays an append per value), ``"thread"`` (a background thread in this
             process) or ``"sync"`` (on the caller's thread, for debugging).
+        exit_handlers: record ``failed`` / ``interrupted`` for an uncaught exception, Ctrl-C or SIGTERM
+            by chaining onto ``sys.excepthook`` and the SIGTERM handler; ``False`` leaves both alone
+            (runs still open at exit are closed ``finished``), for hosts that own them.
+        sink_factory: ``config -> Sink``, what writes the run instead of AIM (a test double such as
+            :class:`~tracelet_callbacks.testing.RecordingSink`); ``None``: AIM, through ``writer``.
     """
 
     repo_path: str = "."
@@ -63,9 +73,15 @@ class TraceletConfig:
     strict: bool = False
     routing: Any = None
     writer: str = "process"
+    exit_handlers: bool = True
+    sink_factory: Any = None
 
     def replace(self, **changes: Any) -> TraceletConfig:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``, validated like every other form of settings."""
+        for key in changes:
+            if key not in FIELDS:
+                raise unknown_key_error(str(key))
+        return _validated(dataclasses.replace(self, **changes))
 
     @property
     def repo(self) -> str:
@@ -96,6 +112,7 @@ ENV_VARS: dict[str, str] = {
     "TRACELET_LOG_MODEL": "log_model",
     "TRACELET_STRICT": "strict",
     "TRACELET_WRITER": "writer",
+    "TRACELET_EXIT_HANDLERS": "exit_handlers",
 }
 
 #: The writer modes (see :class:`TraceletConfig`).
@@ -133,6 +150,27 @@ def resolve(
     return _validated(TraceletConfig(**merged))
 
 
+def coerce(
+    config: Mapping[str, Any] | TraceletConfig | None = None, settings: Mapping[str, Any] | None = None
+) -> TraceletConfig:
+    """What every entry point does with its ``config=`` and keywords: one validated settings object.
+
+    A :class:`TraceletConfig` counts as complete (the environment is not read again) but is checked
+    as strictly as a dict, so a bad value fails here, at construction, with the key named.
+
+    >>> coerce(TraceletConfig(run_name="a"), {"strict": True}).strict
+    True
+    >>> coerce(TraceletConfig(buffer_size=0))
+    Traceback (most recent call last):
+    ...
+    ValueError: tracelet: buffer_size must be a positive int, got 0
+    """
+    if isinstance(config, TraceletConfig):
+        given = {name: getattr(config, name) for name in FIELDS}
+        return resolve(settings, given, env={})
+    return resolve(settings, config)
+
+
 def _from_env(key: str, raw: str, variable: str) -> Any:
     raw = raw.strip()
     try:
@@ -142,7 +180,7 @@ def _from_env(key: str, raw: str, variable: str) -> Any:
             return float(raw)
         if key == "system_tracking_interval":
             return None if raw.lower() in ("none", "off", "0") else float(raw)
-        if key in ("capture_terminal_logs", "strict"):
+        if key in ("capture_terminal_logs", "strict", "exit_handlers"):
             return _as_bool(raw)
         if key == "log_model":
             return "all" if raw.lower() == "all" else _as_bool(raw)
@@ -181,7 +219,21 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
         raise ValueError(f"tracelet: writer must be one of {', '.join(WRITER_MODES)}, got {cfg.writer!r}")
     if not isinstance(cfg.repo_path, (str, os.PathLike)):
         raise ValueError(f"tracelet: repo_path must be a path, got {type(cfg.repo_path).__name__}")
-    changes: dict[str, Any] = {"repo_path": os.fspath(cfg.repo_path), "system_tracking_interval": interval}
+    for flag in ("capture_terminal_logs", "strict", "exit_handlers"):
+        if not isinstance(getattr(cfg, flag), bool):
+            raise ValueError(f"tracelet: {flag} must be True or False, got {getattr(cfg, flag)!r}")
+    if cfg.sink_factory is not None and not callable(cfg.sink_factory):
+        raise ValueError(f"tracelet: sink_factory must be callable, got {type(cfg.sink_factory).__name__}")
+    for text in ("experiment_name", "run_name", "run_hash"):
+        value = getattr(cfg, text)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"tracelet: {text} must be a string, got {type(value).__name__}")
+    try:
+        make_table(cfg.routing)
+    except TypeError as exc:
+        raise ValueError(f"tracelet: {exc}") from None
+    repo_path = os.path.abspath(os.path.expanduser(os.fspath(cfg.repo_path)))
+    changes: dict[str, Any] = {"repo_path": repo_path, "system_tracking_interval": interval}
     if cfg.remote_uri is not None:
         changes["remote_uri"] = normalise_remote(cfg.remote_uri)
     if cfg.tags is not None and not isinstance(cfg.tags, (Mapping, list, tuple, set, str)):
@@ -189,7 +241,7 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
     if cfg.artifacts_uri is not None and "://" not in str(cfg.artifacts_uri):
         # a bare folder is what people type; aim wants a scheme
         changes["artifacts_uri"] = "file://" + os.path.abspath(str(cfg.artifacts_uri))
-    return cfg.replace(**changes)
+    return dataclasses.replace(cfg, **changes)
 
 
 def _positive_number(value: Any) -> bool:

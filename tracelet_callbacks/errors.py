@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["TraceletError", "TraceletValueError", "TraceletWarning"]
+import warnings
+
+__all__ = ["TraceletError", "TraceletValueError", "TraceletWarning", "WarnOnce"]
 
 
 class TraceletError(Exception):
@@ -15,3 +17,27 @@ class TraceletValueError(TraceletError, ValueError):
 
 class TraceletWarning(UserWarning):
     """Something was logged that we skipped or could only store in part; training goes on."""
+
+
+class WarnOnce:
+    """Issues each warning once per key for its owner (one per run, per callback ...).
+
+    >>> import warnings
+    >>> once = WarnOnce()
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     said = [once("disk", "tracelet: the disk is full"), once("disk", "tracelet: again")]
+    >>> said, len(caught)
+    ([True, False], 1)
+    """
+
+    def __init__(self) -> None:
+        self._said: set = set()
+
+    def __call__(self, key: object, message: str, stacklevel: int = 2) -> bool:
+        """Warn ``message`` (a :class:`TraceletWarning`) unless ``key`` was warned about before."""
+        if key in self._said:
+            return False
+        self._said.add(key)
+        warnings.warn(message, TraceletWarning, stacklevel=stacklevel + 1)
+        return True

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import threading
 import warnings
 from collections.abc import Mapping
@@ -16,25 +15,16 @@ from typing import Any
 
 from .config import resolve
 from .errors import TraceletWarning
-from .run.experiment import Experiment
+from .run.experiment import Experiment, active, swap_active
+from .run.ranks import global_rank
 
-__all__ = ["SUPPORTED_BACKENDS", "get_active_experiment", "global_rank", "start_logging", "stop_logging"]
+__all__ = ["SUPPORTED_BACKENDS", "get_active_experiment", "start_logging", "stop_logging"]
 
 log = logging.getLogger("tracelet_callbacks")
 
 SUPPORTED_BACKENDS = ("aim",)
 
-_active: Experiment | None = None
 _lock = threading.RLock()
-
-
-def global_rank() -> int:
-    """This process's rank in a distributed job (0 when it is not one)."""
-    for variable in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
-        value = os.environ.get(variable)
-        if value and value.strip().lstrip("-").isdigit():
-            return int(value)
-    return 0
 
 
 def start_logging(
@@ -67,7 +57,6 @@ def start_logging(
         writer.add_scalar("train/loss", 0.5, 1)
         tracelet.stop_logging()
     """
-    global _active
     if not isinstance(backend, str) or backend.lower() not in SUPPORTED_BACKENDS:
         raise ValueError(
             f"tracelet: unknown backend {backend!r}; supported: "
@@ -76,7 +65,7 @@ def start_logging(
     named = {key: value for key, value in (("run_name", exp_name), ("experiment_name", project)) if value}
     resolved = resolve(settings, {**named, **(config or {})})
     with _lock:
-        if _active is not None:
+        if active() is not None:
             warnings.warn(
                 "tracelet: start_logging called while a session is active; "
                 "the previous run is finished first",
@@ -86,14 +75,14 @@ def start_logging(
             stop_logging()
         experiment = Experiment(resolved, enabled=global_rank() == 0)
         experiment.open()
-        _active = experiment
+        swap_active(experiment)
         _patch_writers()
     return experiment
 
 
 def get_active_experiment() -> Experiment | None:
     """The experiment :func:`start_logging` opened, or ``None`` outside a session."""
-    return _active
+    return active()
 
 
 def stop_logging(status: str = "finished") -> None:
@@ -101,9 +90,8 @@ def stop_logging(status: str = "finished") -> None:
 
     Calling it with no active session does nothing.
     """
-    global _active
     with _lock:
-        experiment, _active = _active, None
+        experiment = swap_active(None)
         _unpatch_writers()
     if experiment is None:
         log.debug("tracelet: stop_logging called with no active session")

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tracelet_callbacks.config import ENV_VARS, FIELDS, TraceletConfig, normalise_remote, resolve
+from tracelet_callbacks.config import ENV_VARS, FIELDS, TraceletConfig, coerce, normalise_remote, resolve
 
 
 def test_defaults_with_empty_sources() -> None:
     cfg = resolve(env={})
-    assert cfg == TraceletConfig()
-    assert cfg.repo_path == "."
+    assert cfg == coerce(TraceletConfig())
+    assert cfg.repo_path == os.getcwd()  # "." made absolute once, so a later chdir changes nothing
     assert cfg.experiment_name == "Tracelet Experiments"
     assert cfg.buffer_size == 1000
     assert cfg.remote_uri is None
-    assert cfg.repo == "."
+    assert cfg.repo == os.getcwd()
 
 
 def test_priority_kwargs_over_config_over_env_over_defaults() -> None:
@@ -132,7 +134,7 @@ def test_env_parsing(variable: str, raw: str, key: str, expected: Any) -> None:
 
 
 def test_empty_env_value_is_ignored() -> None:
-    assert resolve(env={"TRACELET_BUFFER_SIZE": "", "TRACELET_AIM_RUN_NAME": ""}) == TraceletConfig()
+    assert resolve(env={"TRACELET_BUFFER_SIZE": "", "TRACELET_AIM_RUN_NAME": ""}) == resolve(env={})
 
 
 @pytest.mark.parametrize(
@@ -191,4 +193,45 @@ def test_system_tracking_can_be_turned_off_in_config(off: object) -> None:
 
 def test_none_in_config_keeps_required_defaults() -> None:
     cfg = resolve(config={"repo_path": None, "remote_uri": None}, env={"TRACELET_AIM_REMOTE": "aim://h:1"})
-    assert cfg.repo_path == "." and cfg.remote_uri is None
+    assert cfg.repo_path == os.getcwd() and cfg.remote_uri is None
+
+
+def test_repo_path_is_made_absolute_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve({"repo_path": "runs/aim"}, env={})
+    assert cfg.repo_path == str(tmp_path / "runs" / "aim")
+    monkeypatch.chdir("/")
+    assert cfg.replace(run_name="x").repo_path == str(tmp_path / "runs" / "aim")
+    assert resolve({"repo_path": "~/aim"}, env={}).repo_path == os.path.expanduser("~/aim")
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"buffer_size": 0}, "buffer_size"),
+        ({"flush_secs": -1}, "flush_secs"),
+        ({"log_model": "best"}, "log_model"),
+        ({"writer": "fast"}, "writer"),
+        ({"strict": "yes"}, "strict"),
+        ({"exit_handlers": 1}, "exit_handlers"),
+        ({"routing": 42}, "routing"),
+        ({"sink_factory": "recording"}, "sink_factory"),
+        ({"run_name": 7}, "run_name"),
+    ],
+)
+def test_a_config_object_with_a_bad_value_fails_when_coerced(changes: dict, key: str) -> None:
+    bad = dataclasses.replace(TraceletConfig(), **changes)  # built past validation on purpose
+    with pytest.raises(ValueError, match=key):
+        coerce(bad)
+    with pytest.raises(ValueError, match=key):
+        TraceletConfig().replace(**changes)
+
+
+def test_replace_names_an_unknown_key() -> None:
+    with pytest.raises(ValueError, match=r"repo_pth.*repo_path"):
+        TraceletConfig().replace(repo_pth="x")
+
+
+def test_exit_handlers_from_the_environment() -> None:
+    assert resolve(env={"TRACELET_EXIT_HANDLERS": "0"}).exit_handlers is False
+    assert resolve(env={}).exit_handlers is True

@@ -6,13 +6,15 @@
 
 from __future__ import annotations
 
+import argparse
+import copy
 import dataclasses
 import enum
 import math
 import numbers
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from .values import is_tensor
@@ -21,7 +23,9 @@ __all__ = [
     "REDACTED",
     "is_secret_key",
     "parameter_counts",
+    "redact",
     "redact_text",
+    "redacted_argv",
     "to_params",
 ]
 
@@ -217,3 +221,99 @@ def parameter_counts(model: Any) -> dict[str, Any]:
     if lazy:
         found["uninitialized_parameters"] = lazy
     return found
+
+
+def redact(value: Any, secret: bool = False) -> tuple[Any, bool]:
+    """``(value with secrets replaced, whether anything was)``; containers keep their type and order.
+
+    The type-preserving twin of :func:`to_params`, for objects written back where they came from (a
+    checkpoint's saved hyperparameters). Values under a secret key (see :func:`is_secret_key`) become the
+    marker, every leaf of them when the value is a container; strings elsewhere lose URL passwords and
+    token-shaped values. Nothing else is converted, so a checkpoint written back with the result still
+    loads (``load_from_checkpoint`` passes these to ``__init__``).
+
+    >>> redact({"lr": 0.1, "api_key": "abc", "db": ["postgresql://me:pw@h/d"]})
+    ({'lr': 0.1, 'api_key': '<redacted>', 'db': ['postgresql://me:<redacted>@h/d']}, True)
+    >>> redact({"lr": 0.1, "hub_token": None, "auth": {"user": "me", "password": ""}})
+    ({'lr': 0.1, 'hub_token': None, 'auth': {'user': 'me', 'password': ''}}, False)
+    >>> redact({"credentials": {"user": "me", "key": "abc"}})
+    ({'credentials': {'user': '<redacted>', 'key': '<redacted>'}}, True)
+    """
+    if isinstance(value, MutableMapping):  # dict, Lightning's AttributeDict, OmegaConf's DictConfig
+        changes = {}
+        for name, item in value.items():
+            new, changed = redact(item, secret or is_secret_key(name))
+            if changed:
+                changes[name] = new
+        if not changes:
+            return value, False
+        result = copy.copy(value)
+        for name, new in changes.items():
+            result[name] = new
+        return result, True
+    if isinstance(value, (list, tuple)):
+        names = getattr(value, "_fields", None) or [""] * len(value)  # a namedtuple's fields are keys
+        items = [
+            redact(item, secret or (bool(name) and is_secret_key(name)))
+            for name, item in zip(names, value, strict=True)
+        ]
+        if not any(changed for _new, changed in items):
+            return value, False
+        new_items = [new for new, _changed in items]
+        if hasattr(value, "_fields"):  # a namedtuple
+            return type(value)(*new_items), True
+        return type(value)(new_items), True
+    if isinstance(value, argparse.Namespace):
+        new, changed = redact(vars(value), secret)
+        return (argparse.Namespace(**new), True) if changed else (value, False)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {}
+        for field in dataclasses.fields(value):
+            item = getattr(value, field.name, None)
+            new, changed = redact(item, secret or is_secret_key(field.name))
+            if changed:
+                changes[field.name] = new
+        if not changes:
+            return value, False
+        result = copy.copy(value)
+        for name, new in changes.items():
+            object.__setattr__(result, name, new)  # frozen dataclasses too
+        return result, True
+    if value is None or isinstance(value, bool) or (isinstance(value, (str, bytes)) and not value):
+        return value, False  # nothing to hide, and "is it set" stays readable
+    if secret:
+        return REDACTED, True
+    if isinstance(value, str):
+        text = redact_text(value)
+        return (value, False) if text == value else (text, True)
+    return value, False
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """The command line with values of secret-looking options hidden.
+
+    >>> redacted_argv(["train.py", "--hub_token", "hf_x", "--api-key=abc", "--lr", "0.1"])
+    ['train.py', '--hub_token', '<redacted>', '--api-key=<redacted>', '--lr', '0.1']
+    """
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            hide_next = False
+            if not arg.startswith("-"):
+                out.append(REDACTED)
+                continue
+        if arg.startswith("-") or "=" in arg:  # --key=value, --key value, and Hydra's key.sub=value
+            option, eq, value = arg.lstrip("-").partition("=")
+            if is_secret_key(option.replace("-", "_").rsplit(".", 1)[-1]):
+                if not arg.startswith("-") and not eq:
+                    out.append(arg)
+                    continue
+                if eq:
+                    out.append(arg[: len(arg) - len(value)] + REDACTED)
+                else:
+                    out.append(arg)
+                    hide_next = True
+                continue
+        out.append(redact_text(arg))
+    return out

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_TABLE", "Route", "RoutingTable", "route"]
+__all__ = ["DEFAULT_TABLE", "HF_PREFIXES", "Route", "RoutingTable", "route"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ _DATALOADER = re.compile(r"^(?P<rest>.+)/dataloader_idx_(?P<idx>\d+)$")
 _PREFIX = re.compile(r"^(?P<word>[A-Za-z]+)(?P<sep>[/_])(?P<rest>.+)$")
 _SUFFIX = re.compile(r"^(?P<rest>.+)/(?P<word>[A-Za-z]+)$")
 
+#: Hugging Face ``Trainer``'s own key prefixes (``metric_key_prefix``): keys with them name their own
+#: subset, so they never take a table's ``default_subset``, even when a custom table leaves them whole.
+HF_PREFIXES: tuple[str, ...] = ("eval_", "test_", "predict_")
+
 RouteFn = Callable[[str], Route | tuple | None]
 
 
@@ -69,12 +73,19 @@ class RoutingTable:
         rules: callables tried before the table; each returns a :class:`Route`, a ``(name, context)``
             tuple, or ``None`` to fall through.
         enabled: ``False`` keeps every tag as its own metric name with an empty context.
+        default_subset: the subset of a tag the rules leave as it is (HF's ``Trainer`` logs ``loss``
+            and ``grad_norm`` of training without saying so); tags starting with one of
+            ``own_prefixes`` never take it.
+        own_prefixes: see ``default_subset``.
 
     Example::
 
         >>> table = RoutingTable(subsets={"dev": "val"})
         >>> table("dev/f1")
         Route(name='f1', context={'subset': 'val'})
+        >>> hf = RoutingTable(default_subset="train", own_prefixes=HF_PREFIXES)
+        >>> hf("grad_norm"), hf("eval_loss")
+        (Route(name='grad_norm', context={'subset': 'train'}), Route(name='loss', context={'subset': 'val'}))
     """
 
     def __init__(
@@ -83,12 +94,28 @@ class RoutingTable:
         subsets: Mapping[str, str] | None = None,
         rules: list[RouteFn] | None = None,
         enabled: bool = True,
+        default_subset: str | None = None,
+        own_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.exact = {tag: _as_route(value) for tag, value in (exact or {}).items()}
         self.subsets = {**SUBSET_WORDS, **{k.lower(): v for k, v in (subsets or {}).items()}}
         self.rules = list(rules or [])
         self.enabled = enabled
+        self.default_subset = default_subset
+        self.own_prefixes = tuple(own_prefixes)
         self._cache: dict[str, Route] = {}
+
+    def defaulting(self, subset: str, own_prefixes: tuple[str, ...] = ()) -> RoutingTable:
+        """This table, with ``subset`` for the tags it leaves as they are (see ``default_subset``)."""
+        table = RoutingTable(
+            subsets=self.subsets,
+            rules=self.rules,
+            enabled=self.enabled,
+            default_subset=subset,
+            own_prefixes=own_prefixes,
+        )
+        table.exact = self.exact
+        return table
 
     def __call__(self, tag: str) -> Route:
         cached = self._cache.get(tag)
@@ -100,6 +127,17 @@ class RoutingTable:
         return Route(found.name, dict(found.context))
 
     def _route(self, tag: str) -> Route:
+        found = self._found(tag)
+        if (
+            self.default_subset is None
+            or "subset" in found.context
+            or found.name != tag
+            or tag.startswith(self.own_prefixes)
+        ):
+            return found
+        return Route(found.name, {"subset": self.default_subset, **found.context})
+
+    def _found(self, tag: str) -> Route:
         if tag in self.exact:
             return self.exact[tag]
         for rule in self.rules:

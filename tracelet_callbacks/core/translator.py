@@ -13,7 +13,7 @@ import posixpath
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import TraceletValueError, TraceletWarning
 from . import records as rec
@@ -28,12 +28,17 @@ from .values import (
     histogram_from_values,
     image_to_pixels,
     images_to_pixels,
+    to_epoch,
     to_scalar,
     to_step,
     to_value,
 )
 
-__all__ = ["Sink", "Translator", "artifact_names"]
+__all__ = ["EPOCH_KEY", "Translator", "artifact_names"]
+
+#: A key in a dict of metrics that is the epoch of all of them (Lightning's ``log_metrics``, HF's
+#: ``on_log``, accelerate's ``log``), passed as AIM's epoch and never a series of its own.
+EPOCH_KEY = "epoch"
 
 _new_scalar = tuple.__new__  # builds a Scalar without its generated (Python-level) __new__
 _Scalar = rec.Scalar
@@ -46,25 +51,11 @@ _ROUTE_CACHE = 65536
 log = logging.getLogger("tracelet_callbacks")
 
 
-class Sink(Protocol):
-    """Where records go. Batch-shaped so a buffered or out-of-process writer can stand behind it.
-
-    A sink may also have ``add(record)`` for one :class:`~tracelet_callbacks.core.records.Scalar`;
-    the translator then uses it for every logged value instead of ``submit([record])``.
-    """
-
-    def submit(self, records: list[rec.Record]) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def close(self, status: str = "finished") -> None: ...
-
-
 class Translator:
     """Routes, converts and submits; one per run.
 
     Args:
-        sink: receives the records.
+        sink: receives the records (a :class:`~tracelet_callbacks.sink.contract.Sink`).
         routing: the ``routing=`` keyword (see :func:`~tracelet_callbacks.core.routing.make_table`).
         strict: raise :class:`~tracelet_callbacks.TraceletValueError` instead of warning and skipping.
         context: context entries added to every series (``{"rank": 1}`` in per-rank logging).
@@ -72,15 +63,14 @@ class Translator:
 
     def __init__(
         self,
-        sink: Sink,
+        sink: Any,
         *,
         routing: Any = None,
         strict: bool = False,
         context: Mapping[str, Any] | None = None,
     ) -> None:
         self.sink = sink
-        # a sink may take one scalar without the list around it (the buffered writers do)
-        self._add = getattr(sink, "add", None) or (lambda record: sink.submit([record]))
+        self._add = sink.add
         self.table: RoutingTable = make_table(routing)
         self.strict = strict
         self.base_context = dict(context or {})
@@ -153,7 +143,7 @@ class Translator:
         if type(step) is not int:
             step = to_step(step)
         if epoch is not None:
-            epoch = to_step(epoch)
+            epoch = to_epoch(epoch)
         self._add(_new_scalar(_Scalar, (name, number, step, epoch, where, _now())))
         return True
 
@@ -163,16 +153,30 @@ class Translator:
         step: Any = None,
         epoch: Any = None,
         context: Mapping[str, Any] | None = None,
+        *,
+        text: bool = False,
     ) -> None:
-        """Many scalars at one step, submitted as one batch."""
+        """Many scalars at one step, submitted as one batch.
+
+        An ``epoch`` key (:data:`EPOCH_KEY`) is the epoch of the batch unless ``epoch`` is given, and
+        never a series. ``text=True``: string values are stored as text (accelerate's ``log``
+        contract) instead of skipped.
+        """
         # once per step in Lightning and Hugging Face loops: the same shortcuts as ``scalar``
-        step, epoch = to_step(step), to_step(epoch)
+        if EPOCH_KEY in values:
+            if epoch is None:
+                epoch = values[EPOCH_KEY]
+            values = {key: value for key, value in values.items() if key != EPOCH_KEY}
+        step, epoch = to_step(step), to_epoch(epoch)
         now = _now()
         routes = self._routes
         batch: list[rec.Record] = []
         for tag, value in values.items():
             if type(tag) is not str:
                 tag = str(tag)
+            if text and type(value) is str:
+                self.text(tag, value, step)
+                continue
             number = value if type(value) is float else self._convert(tag, value)
             if number is _SKIPPED:
                 continue
@@ -181,6 +185,34 @@ class Translator:
             batch.append(_new_scalar(_Scalar, (name, number, step, epoch, where, now)))
         if batch:
             self.sink.submit(batch)
+
+    def track(
+        self,
+        value: Any,
+        name: str | None,
+        step: Any = None,
+        epoch: Any = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``aim.Run.track``: ``name`` as given (no routing); a dict tracks each item under its key; an
+        object aim built (``aim.Image`` ...) passes through as it is."""
+        if isinstance(value, Mapping) and name is None:
+            for key, item in value.items():
+                self.track(item, str(key), step, epoch, context)
+            return
+        if name is None:
+            raise TypeError("tracelet: track() needs a name for a single value")
+        where, step, epoch = dict(context or {}), to_step(step), to_epoch(epoch)
+        try:
+            number = to_value(value)
+        except Unsupported as exc:
+            first = value[0] if isinstance(value, list) and value else value
+            if type(first).__module__.startswith("aim"):
+                self.sink.submit([rec.Native(name, value, step, epoch, where)])
+            else:
+                self.skip(name, str(exc))
+            return
+        self.sink.submit([rec.Scalar(name, number, step, epoch, where, _now())])
 
     # -- rich types ---------------------------------------------------------------------------------
 
@@ -308,6 +340,15 @@ class Translator:
             self.sink.submit([rec.Tags(add=tuple(str(to_params(tag)) for tag in tags))])
         else:
             self.skip("tags", f"expected a mapping or a list of tags, got {type(tags).__name__}", "tags")
+
+    def set_param(self, key: str, value: Any) -> None:
+        """``run[key] = value``: replaces what is stored under ``key`` (secrets redacted)."""
+        key = str(key)
+        self.sink.submit([rec.Params(key, to_params({key: value})[key], merge=False)])
+
+    def change_tags(self, add: Iterable[Any] = (), remove: Iterable[Any] = ()) -> None:
+        """Add and remove AIM tags (the chips in the UI)."""
+        self.sink.submit([rec.Tags(add=tuple(map(str, add)), remove=tuple(map(str, remove)))])
 
     def run_info(self, name: str | None = None, experiment: str | None = None) -> None:
         if name is not None or experiment is not None:

@@ -150,6 +150,27 @@ def to_step(value: Any) -> int | None:
         return None
 
 
+def to_epoch(value: Any) -> int | float | None:
+    """An epoch: an int, or a float when it is fractional (HF's ``state.epoch`` is 0.25 a quarter
+    into the first epoch, and AIM keeps it so); ``None`` when it is not a finite number.
+
+    >>> to_epoch(2.0), to_epoch(0.25), to_epoch(np.int64(3)), to_epoch(float("nan"))
+    (2, 0.25, 3, None)
+    """
+    if value is None or type(value) is int:
+        return value
+    try:
+        number = to_scalar(value)
+    except (Unsupported, ValueError):
+        return None
+    if isinstance(number, float) and not number.is_integer():
+        return number if math.isfinite(number) else None
+    try:
+        return int(number)
+    except (ValueError, OverflowError):
+        return None
+
+
 def _numeric_item(item: Any, original: Any) -> float:
     if isinstance(item, (bool, numbers.Real)):
         return float(item)

@@ -1,7 +1,10 @@
 """Process-exit handling: open runs end with the right status however the process ends.
 
 Normal exit -> ``finished``; an uncaught exception -> ``failed``; Ctrl-C or SIGTERM -> ``interrupted``.
-Installed once, on the first run opened, and only chained onto what was there before.
+The exit handler is registered on the first run opened. The ``sys.excepthook`` and SIGTERM handlers
+(which tell a failure from a normal end) are chained onto what was there before, once, on the first
+run opened with ``exit_handlers=True``; with ``exit_handlers=False`` both are left alone, as Lightning
+leaves them to its ``Trainer``, and a run still open at exit is closed ``finished``.
 """
 
 from __future__ import annotations
@@ -25,21 +28,31 @@ class _Closable(Protocol):
 # or its run stays "active" and unindexed. close() removes it.
 _open: set[Any] = set()
 _installed = False
+_hooked = False
 _owner_pid = os.getpid()
 _exit_status = "finished"
 _lock = threading.Lock()
 
 
-def watch(item: _Closable) -> None:
-    """Close ``item`` with the process's final status if it is still open at exit."""
-    global _installed, _owner_pid
+def watch(item: _Closable, hooks: bool = True) -> None:
+    """Close ``item`` with the process's final status if it is still open at exit; with ``hooks``,
+    learn that status from ``sys.excepthook`` and SIGTERM."""
+    global _installed, _hooked, _owner_pid
     with _lock:
         _open.add(item)
-        if _installed:
-            return
+        register = not _installed
+        hook = hooks and not _hooked
         _installed = True
-        _owner_pid = os.getpid()
-    atexit.register(_close_all_at_exit)
+        _hooked = _hooked or hooks
+        if register:
+            _owner_pid = os.getpid()
+    if register:
+        atexit.register(_close_all_at_exit)
+    if hook:
+        _install_hooks()
+
+
+def _install_hooks() -> None:
     previous_hook = sys.excepthook
 
     def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from . import exits
-from ..config import TraceletConfig, resolve
+from ..config import TraceletConfig, coerce
 from ..core import records as rec
-from ..core.params import to_params
 from ..core.translator import Translator
-from ..core.values import Unsupported, to_step, to_value
 from ..errors import TraceletError, TraceletWarning
+from . import exits
 
-__all__ = ["Experiment", "RunHandle"]
+__all__ = ["Experiment", "RunHandle", "active", "swap_active"]
 
 
 class Experiment:
@@ -49,12 +46,7 @@ class Experiment:
         enabled: bool = True,
         **settings: Any,
     ) -> None:
-        if isinstance(config, TraceletConfig):  # already resolved (start_logging): do not read env again
-            if settings:
-                config = config.replace(**settings)
-            self.config: TraceletConfig = config
-        else:
-            self.config = resolve(settings, config)
+        self.config: TraceletConfig = coerce(config, settings)
         self.enabled = enabled
         self._name = self.config.run_name
         self._sink: Any = None
@@ -85,7 +77,7 @@ class Experiment:
             self._opened = True
             self._live = self._translator
             self._translator.tags(self.config.tags)
-            exits.watch(self)
+            exits.watch(self, hooks=self.config.exit_handlers)
         return self
 
     @property
@@ -112,6 +104,14 @@ class Experiment:
     @property
     def is_open(self) -> bool:
         return self._opened and not self._closed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def current(self) -> Experiment:
+        """Itself (what a :class:`RunHandle` asks of whatever it follows)."""
+        return self
 
     def flush(self) -> None:
         """Make everything logged so far durable."""
@@ -187,6 +187,20 @@ class Experiment:
         return RunHandle(self)
 
     @property
+    def artifacts_uri(self) -> str | None:
+        """Where this run's artifacts are copied (``file://...`` or ``s3://...``)."""
+        if not self.enabled:
+            return None
+        if not self._closed:
+            self.open()
+        return self._sink.artifacts_uri if self._sink is not None else None
+
+    def rename(self, name: str) -> None:
+        if (translator := self.translator) is not None:
+            self._name = name
+            translator.run_info(name=name)
+
+    @property
     def hash(self) -> str | None:
         """The AIM run hash (``None`` on a disabled stand-in)."""
         if not self.enabled:
@@ -205,11 +219,35 @@ class Experiment:
         return self._sink.status if self._sink is not None else None
 
 
-class RunHandle:
-    """``aim.Run``'s writing surface (``track``, ``run[key] = value``, tags, hash, name) over our sink."""
+class _Followed(Protocol):
+    """What a :class:`RunHandle` follows: an :class:`Experiment`, or a run lifecycle whose current
+    experiment changes as runs end and resume."""
 
-    def __init__(self, experiment: Experiment) -> None:
-        self._exp = experiment
+    enabled: bool
+
+    def current(self) -> Experiment: ...
+
+    def rename(self, name: str) -> None: ...
+
+    @property
+    def hash(self) -> str | None: ...
+
+    @property
+    def name(self) -> str | None: ...
+
+
+class RunHandle:
+    """``aim.Run``'s writing surface (``track``, ``run[key] = value``, tags, hash, name) over our sink.
+
+    Every call goes through the run's translator, so values are converted and secrets redacted as
+    anywhere else; on a disabled stand-in (non-zero ranks) every call does nothing.
+    """
+
+    def __init__(self, source: _Followed) -> None:
+        self._source = source
+
+    def _translator(self) -> Translator | None:
+        return self._source.current().translator
 
     def track(
         self,
@@ -221,43 +259,19 @@ class RunHandle:
         context: Mapping[str, Any] | None = None,
     ) -> None:
         """Track a number, tensor or aim object under ``name`` as given (no routing), as ``aim.Run.track``."""
-        translator = self._exp.translator
-        if translator is None:
-            return
-        if isinstance(value, Mapping) and name is None:
-            for key, item in value.items():
-                self.track(item, name=str(key), step=step, epoch=epoch, context=context)
-            return
-        if name is None:
-            raise TypeError("tracelet: track() needs a name for a single value")
-        where = dict(context or {})
-        try:
-            record: rec.Record = rec.Scalar(
-                name, to_value(value), to_step(step), to_step(epoch), where, time.time()
-            )
-        except Unsupported as exc:
-            if type(value).__module__.startswith("aim") or (
-                isinstance(value, list) and value and type(value[0]).__module__.startswith("aim")
-            ):
-                record = rec.Native(name, value, to_step(step), to_step(epoch), where)
-            else:
-                translator.skip(name, str(exc))
-                return
-        translator.sink.submit([record])
-
-    def _submit(self, record: rec.Record) -> None:
-        if (translator := self._exp.translator) is not None:
-            translator.sink.submit([record])
+        if (translator := self._translator()) is not None:
+            translator.track(value, name, step, epoch, context)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._submit(rec.Params(str(key), to_params({key: value})[str(key)], merge=False))
+        if (translator := self._translator()) is not None:
+            translator.set_param(key, value)
 
     def set(self, key: str, value: Any, strict: bool = True) -> None:
         self[key] = value
 
     def __getitem__(self, key: str) -> Any:
-        exp = self._exp
-        if not exp.enabled or exp._closed:
+        exp = self._source.current()
+        if not exp.enabled or exp.closed:
             raise KeyError(key)
         return exp.translator.sink.get(key)
 
@@ -268,33 +282,45 @@ class RunHandle:
             return default
 
     def add_tag(self, tag: str) -> None:
-        self._submit(rec.Tags(add=(str(tag),)))
+        if (translator := self._translator()) is not None:
+            translator.change_tags(add=[tag])
 
     def remove_tag(self, tag: str) -> None:
-        self._submit(rec.Tags(remove=(str(tag),)))
+        if (translator := self._translator()) is not None:
+            translator.change_tags(remove=[tag])
 
     @property
     def hash(self) -> str | None:
-        return self._exp.hash
+        return self._source.hash
 
     @property
     def name(self) -> str | None:
-        return self._exp.name
+        return self._source.name
 
     @name.setter
     def name(self, value: str) -> None:
-        if (translator := self._exp.translator) is not None:
-            self._exp._name = str(value)
-            translator.run_info(name=str(value))
+        self._source.rename(str(value))
 
     @property
     def artifacts_uri(self) -> str | None:
         """Where this run's artifacts are copied (``file://...`` or ``s3://...``)."""
-        if not self._exp.enabled:
-            return None
-        if not self._exp._closed:
-            self._exp.open()
-        return self._exp._sink.artifacts_uri if self._exp._sink is not None else None
+        return self._source.current().artifacts_uri
 
     def __bool__(self) -> bool:
-        return self._exp.enabled
+        return self._source.enabled
+
+
+# The run ``start_logging`` opened: every ``SummaryWriter`` made while it is active writes to it.
+_active: Experiment | None = None
+
+
+def active() -> Experiment | None:
+    """The experiment of the ``start_logging`` session, ``None`` outside one."""
+    return _active
+
+
+def swap_active(experiment: Experiment | None) -> Experiment | None:
+    """Make ``experiment`` the session's (``None``: end it); returns the one it replaces."""
+    global _active
+    previous, _active = _active, experiment
+    return previous

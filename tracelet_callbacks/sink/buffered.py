@@ -16,6 +16,7 @@ from ..config import TraceletConfig
 from ..core import records as rec
 from ..core.values import resolve_deferred
 from ..errors import TraceletError, TraceletWarning
+from .contract import Sink
 
 __all__ = ["CLOSE_TIMEOUT", "BufferedSink", "Unavailable"]
 
@@ -26,7 +27,7 @@ IN_FLIGHT_BATCHES = 32
 CLOSE_TIMEOUT = 300.0
 
 
-class BufferedSink:
+class BufferedSink(Sink):
     """What both writers share: the caller-side buffer, the timer, back-pressure and the fallback."""
 
     def __init__(self, config: TraceletConfig) -> None:
@@ -169,7 +170,7 @@ class BufferedSink:
                 if seq in self._in_flight:
                     self._in_flight[seq] = kept
 
-    def _acknowledge(self, seq: int, failures: int, error: str | None) -> None:
+    def _acknowledge(self, seq: int, failures: int, error: BaseException | str | None) -> None:
         with self._acked:
             self._in_flight.pop(seq, None)
             self._failures = max(self._failures, failures)
@@ -266,14 +267,17 @@ class BufferedSink:
         raise NotImplementedError
 
 
-class Unavailable:
+class Unavailable(Sink):
     """Where records go when neither the writer nor this process can write to AIM: nowhere, counted."""
 
-    hash = artifacts_uri = None
+    hash = None  # type: ignore[assignment]
+    failures = 0  # type: ignore[assignment]
 
     def __init__(self, error: str) -> None:
         self.error = error
-        self.failures = 0
+
+    def open(self) -> None:
+        pass
 
     def submit(self, records: Iterable[rec.Record]) -> None:
         self.failures += sum(1 for _ in records)

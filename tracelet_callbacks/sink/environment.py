@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from ..core.params import REDACTED, is_secret_key, redact_text
+from ..core.params import redact_text, redacted_argv
 
 __all__ = ["environment_params", "redacted_argv"]
 
@@ -85,33 +85,3 @@ def _git_info() -> dict[str, Any]:
         "remote_origin_url": origin,
         "dirty": any(not line.startswith("#") for line in lines),
     }
-
-
-def redacted_argv(argv: list[str]) -> list[str]:
-    """The command line with values of secret-looking options hidden.
-
-    >>> redacted_argv(["train.py", "--hub_token", "hf_x", "--api-key=abc", "--lr", "0.1"])
-    ['train.py', '--hub_token', '<redacted>', '--api-key=<redacted>', '--lr', '0.1']
-    """
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            hide_next = False
-            if not arg.startswith("-"):
-                out.append(REDACTED)
-                continue
-        if arg.startswith("-") or "=" in arg:  # --key=value, --key value, and Hydra's key.sub=value
-            option, eq, value = arg.lstrip("-").partition("=")
-            if is_secret_key(option.replace("-", "_").rsplit(".", 1)[-1]):
-                if not arg.startswith("-") and not eq:
-                    out.append(arg)
-                    continue
-                if eq:
-                    out.append(arg[: len(arg) - len(value)] + REDACTED)
-                else:
-                    out.append(arg)
-                    hide_next = True
-                continue
-        out.append(redact_text(arg))
-    return out

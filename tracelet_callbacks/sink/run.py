@@ -19,6 +19,7 @@ from typing import Any
 from ..config import TraceletConfig
 from ..core import records as rec
 from ..errors import TraceletError, TraceletWarning
+from .contract import Sink
 from .environment import environment_params
 from .series import ScalarBatcher
 
@@ -30,7 +31,7 @@ ARTIFACTS_FOLDER = "aim-artifacts"
 _CONNECT_TIMEOUT = 3.0
 
 
-class AimSink:
+class AimSink(Sink):
     """Writes records to an AIM run. ``open()`` is explicit; ``submit`` opens lazily too.
 
     Args:
@@ -133,7 +134,8 @@ class AimSink:
     def _local_repo(self, repo_path: str) -> Any:
         from aim import Repo
 
-        path = self._repo_path = check_repo_path(repo_path)
+        path = self._repo_path = repo_path  # absolute and checked when the settings were resolved
+        os.makedirs(path, exist_ok=True)
         if not Repo.exists(path):
             Repo.from_path(path, init=True)
         return path

@@ -1,6 +1,6 @@
 """The non-blocking pipeline: the training loop appends, a background writer batches into AIM.
 
-Two writers sit behind the same :class:`~tracelet_callbacks.core.translator.Sink` interface as the
+Two writers sit behind the same :class:`~tracelet_callbacks.sink.contract.Sink` contract as the
 synchronous :class:`~tracelet_callbacks.sink.run.AimSink`:
 
 * :class:`ProcessSink` (the default) starts ``python -m tracelet_callbacks.sink.worker`` and feeds it
@@ -31,8 +31,9 @@ from typing import Any
 from ..config import TraceletConfig
 from ..core import records as rec
 from ..errors import TraceletError, TraceletWarning
+from . import wire
 from .buffered import CLOSE_TIMEOUT, BufferedSink, Unavailable
-from .worker import FrameReader, decode_frame, encode_frame, pack, send_frame, unpack
+from .contract import Sink
 
 __all__ = ["ProcessSink", "ThreadSink", "open_sink"]
 
@@ -42,12 +43,26 @@ _START_TIMEOUT = 120.0
 _F_SETPIPE_SZ = 1031  # Linux: a 1 MiB pipe holds a whole batch, so a busy writer rarely blocks the trainer
 
 
-def open_sink(config: TraceletConfig) -> Any:
-    """The sink for ``config.writer``, opened (a bad repo or an unreachable server raises here)."""
+def open_sink(config: TraceletConfig) -> Sink:
+    """The sink ``config`` asks for (``sink_factory``, else AIM through ``config.writer``), opened.
+
+    A repo folder that cannot be written or a server that does not answer raises here, in the
+    training process, whichever writer is used.
+    """
+    if config.sink_factory is not None:
+        sink: Sink = config.sink_factory(config)
+        sink.open()
+        return sink
+    from .run import check_repo_path, check_server  # neither imports aim
+
+    if config.remote_uri:
+        check_server(config.remote_uri)
+    else:
+        check_repo_path(config.repo_path)
     if config.writer == "sync":
         from .run import AimSink
 
-        sink: Any = AimSink(config)
+        sink = AimSink(config)
     elif config.writer == "thread" or config.capture_terminal_logs:
         # terminal capture must run in the process whose output it captures
         sink = ThreadSink(config)
@@ -178,7 +193,7 @@ class ProcessSink(BufferedSink):
         super().__init__(config)
         self._worker: _Worker | None = None
         self._opened = threading.Event()
-        self._open_error: str | None = None
+        self._open_error: BaseException | None = None
         self._reader: threading.Thread | None = None
         self._send_lock = threading.Lock()
 
@@ -195,15 +210,9 @@ class ProcessSink(BufferedSink):
         training starts) opens the run in the background; only what needs the run itself (its hash)
         waits for that.
         """
-        from .run import check_repo_path, check_server  # neither imports aim
-
-        if self.config.remote_uri:
-            check_server(self.config.remote_uri)
-        else:
-            check_repo_path(self.config.repo_path)
         worker = self._worker = _take_worker()
-        origin = {"cwd": os.getcwd(), "environ": dict(os.environ), "argv": list(sys.argv)}
-        self._send(("open", self.config.replace(routing=None), origin))
+        # the routing table and a test's sink factory stay here: the writer only writes
+        self._send(wire.Open(self.config.replace(routing=None, sink_factory=None), list(sys.argv)))
         self._reader = threading.Thread(
             target=self._read_replies, args=(worker,), name="tracelet-acks", daemon=True
         )
@@ -224,7 +233,9 @@ class ProcessSink(BufferedSink):
                 f"tracelet: the AIM writer did not open the run within {_START_TIMEOUT:.0f} s"
             )
         if self._open_error is not None:
-            raise TraceletError(self._open_error)
+            error = self._open_error
+            message = str(error) if isinstance(error, TraceletError) else f"tracelet: {error}"
+            raise TraceletError(message) from error
 
     @property
     def hash(self) -> str | None:
@@ -243,11 +254,11 @@ class ProcessSink(BufferedSink):
             worker = self._worker
             if worker is None or worker.out < 0:
                 raise BrokenPipeError("the writer was let go")
-            send_frame(worker.out, message)
+            wire.send_frame(worker.out, message)
 
     def _read_replies(self, worker: _Worker) -> None:
         """Route the writer's replies until this run is closed, or the writer's pipe ends."""
-        inbox = FrameReader(worker.inp)
+        inbox = wire.FrameReader(worker.inp)
         handed_back = False  # the worker is done with this run and fine: it may serve another
         answered = False
         try:
@@ -256,23 +267,22 @@ class ProcessSink(BufferedSink):
             if answer is None:  # it died before opening the run: open it from this process instead
                 self._writer_gone("it stopped before opening the run")
                 self._died_safely(self._gone_reason)
-            elif answer[0] == "opened":
-                _, self._hash, self._artifacts_uri = answer
+            elif type(answer) is wire.Opened:
+                self._hash, self._artifacts_uri = answer.hash, answer.artifacts_uri
             else:  # it could not open the run, and this process would fail the same way
-                detail = str(answer[1])
-                self._open_error = detail if detail.startswith("tracelet:") else f"tracelet: {detail}"
+                self._open_error = answer.error
                 handed_back = True
             self._opened.set()
             while answered and not handed_back and (message := inbox.read()) is not None:
-                if message[0] == "ack":
-                    self._acknowledge(*message[1:])
+                if type(message) is wire.Ack:
+                    self._acknowledge(*message)
                     continue
                 with self._acked:
-                    if message[0] == "closed":  # the last reply of this run
-                        self._replies[message[1]] = (True, message[2])
+                    if type(message) is wire.Closed:  # the last reply of this run
+                        self._replies[message.seq] = (True, message.index_error)
                         handed_back = True
                     else:
-                        self._replies[message[1]] = message[2:]
+                        self._replies[message.seq] = (message.ok, message.value)
                     self._acked.notify_all()
         except Exception as exc:
             log.debug("tracelet: reading the writer's replies failed: %r", exc)
@@ -283,9 +293,9 @@ class ProcessSink(BufferedSink):
                 worker.inp = -1
         if self._open_error is not None:
             if not self._closed:
-                log.error("%s; values logged to this run are dropped", self._open_error)
+                log.error("tracelet: %s; values logged to this run are dropped", self._open_error)
                 with self._acked:
-                    self._fallback = Unavailable(self._open_error)
+                    self._fallback = Unavailable(str(self._open_error))
                     self._acked.notify_all()
             self._let_go(keep=True)
         elif answered and not handed_back and not self._closed:
@@ -301,7 +311,7 @@ class ProcessSink(BufferedSink):
     def _deliver(self, seq: int, batch: list) -> Any:
         # what is kept for a takeover is the frame itself: one bytes object instead of a thousand
         # records the garbage collector would walk over and over while they wait for their ack
-        frame = encode_frame(("batch", seq, pack(batch)))
+        frame = wire.encode_frame(wire.Batch(seq, wire.pack(batch)))
         try:
             self._send(frame)
         except OSError as exc:
@@ -310,17 +320,17 @@ class ProcessSink(BufferedSink):
         return frame
 
     def _replay(self, kept: Any) -> list:
-        return unpack(decode_frame(kept)[2]) if isinstance(kept, bytes) else kept
+        return wire.unpack(wire.decode_frame(kept).records) if isinstance(kept, bytes) else kept
 
-    def _request(self, kind: str, *args: Any, timeout: float = CLOSE_TIMEOUT) -> tuple:
+    def _request(self, kind: type, *args: Any, timeout: float = CLOSE_TIMEOUT) -> tuple:
         with self._acked:
             self._seq += 1
             seq = self._seq
         try:
-            self._send((kind, seq, *args))
+            self._send(kind(seq, *args))
         except OSError as exc:
             self._writer_gone(f"writing to it failed: {exc}")
-        self._wait_for(lambda: seq in self._replies, f"answer {kind!r}", timeout)
+        self._wait_for(lambda: seq in self._replies, f"answer {kind.__name__}", timeout)
         with self._acked:
             return self._replies.pop(seq, (False, "the writer stopped"))
 
@@ -330,11 +340,11 @@ class ProcessSink(BufferedSink):
         self.flush()
         if self._fallback is not None:
             return self._fallback.get(key)
-        ok, value = self._request("get", key)
+        ok, value = self._request(wire.Get, key)
         if not ok and self._fallback is not None:
             return self._fallback.get(key)
         if not ok:
-            raise KeyError(key)
+            raise KeyError(key) from value if isinstance(value, BaseException) else None
         return value
 
     def _store_artifact(self, record: rec.Artifact) -> None:
@@ -349,8 +359,8 @@ class ProcessSink(BufferedSink):
         with self._acked:
             self._watched.discard(seq)
             (error,) = self._replies.pop(seq, (None,))  # after a takeover the fallback stored it
-        if error:
-            raise TraceletError(error)
+        if error is not None:
+            raise TraceletError(f"tracelet: could not store artifact {record.name!r}: {error}") from error
 
     def _poll_writer(self) -> None:
         proc = self._proc
@@ -358,7 +368,7 @@ class ProcessSink(BufferedSink):
             self._writer_gone(f"exit code {proc.returncode}")
 
     def _close_writer(self, status: str) -> None:
-        ok, index_error = self._request("close", status)  # answered once the run is closed and indexed
+        ok, index_error = self._request(wire.Close, status)  # answered once the run is closed and indexed
         if ok and index_error:
             warnings.warn(f"tracelet: {index_error}", TraceletWarning, stacklevel=4)
         if self._reader is not None:

@@ -1,8 +1,8 @@
 """What ``TraceletAimLogger`` does, without importing Lightning.
 
 ``lightning`` and ``pytorch_lightning`` ship two copies of the same classes, and a trainer of one
-wants a logger of the same package. This module imports neither: :mod:`tracelet_callbacks.lightning`
-and :mod:`tracelet_callbacks.pytorch_lightning` each combine :class:`AimLoggerCore` with their
+wants a logger of the same package. This module imports neither: :mod:`.logger` and
+:mod:`.pytorch_lightning` each combine :class:`AimLoggerCore` with their
 package's ``Logger`` in a few lines. (Both packages share one ``rank_zero_only`` from
 ``lightning_utilities``, so one set of rank-zero decorators serves both.)
 
@@ -21,21 +21,9 @@ package's ``Logger`` in a few lines. (Both packages share one ``rank_zero_only``
 the trainer's configuration, the optimizers and schedulers (built in step 2 while fitting; a strategy
 that builds them later gets them stored at the first ``log_metrics``) and the parameter counts.
 
-**Resuming.** ``version`` is the AIM run hash and is asked in step 1, before Lightning has read the
-checkpoint. So each ``after_save_checkpoint`` records which run wrote which file in a small index
-beside the checkpoints (``tracelet-runs.json``), and when the logger first needs its run it looks for
-the ``Trainer._run`` call on the stack that lists this logger and reads the checkpoint path it was
-given. That stack look-up is the one place we lean on a Lightning internal; without it we fall back
-to ``trainer.ckpt_path`` and, if a different run was already opened, say so. ``run_hash=`` names the
-run explicitly and always wins.
-
-Why no cleaner signal (checked against lightning 2.6.6): ``fit`` / ``validate`` / ``test`` pass the
-result of ``_checkpoint_connector._select_ckpt_path(...)`` to ``_run`` only as an argument.
-``trainer.ckpt_path`` reads ``_checkpoint_connector._ckpt_path``, which ``resume_start`` sets inside
-``_restore_modules_and_callbacks``, after ``_call_setup_hook`` has already asked for the run (step 1
-above); before that it holds only what a user assigned with ``trainer.ckpt_path = ...`` (which the
-frame's ``ckpt_path`` then equals anyway). So the ``_run`` frame is the only place the path exists in
-time.
+**Resuming.** ``version`` (the AIM run hash) is asked before Lightning reads the checkpoint, so the
+run that wrote each checkpoint is recorded beside it and found again from the ``Trainer._run`` frame
+(see :func:`~tracelet_callbacks.integrations.lightning.info.running_trainer`). ``run_hash=`` wins.
 
 **One run across stages.** ``finalize`` closes the run (flushed, status recorded, indexed, so
 ``aim.Repo`` sees it as soon as ``fit`` returns); a later ``validate`` / ``test`` with the same logger
@@ -44,17 +32,20 @@ reopens that same run.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import tempfile
-import warnings
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from lightning_utilities.core.rank_zero import rank_zero_only
 
+from ...config import TraceletConfig, coerce
+from ...core.translator import Translator
+from ...errors import TraceletError, WarnOnce
+from ...run.checkpoints import CheckpointStore
+from ...run.experiment import Experiment, RunHandle
+from ...run.lifecycle import RunLifecycle
 from .info import (
     CHECKPOINT_INDEX,
     checkpoint_files,
@@ -64,20 +55,14 @@ from .info import (
     optimizer_params,
     repo_label,
     run_of_checkpoint,
-    scrubbed_checkpoint,
+    running_trainer,
     trainer_params,
 )
-from ...config import TraceletConfig, resolve
-from ...core.records import normalise_status
-from ...core.translator import Translator
-from ...errors import TraceletError, TraceletWarning
-from ...run.experiment import Experiment, RunHandle
 
 __all__ = ["CHECKPOINT_INDEX", "AimLoggerCore"]
 
 #: Artifact folder that checkpoints are stored under (``log_model``).
 CHECKPOINT_FOLDER = "checkpoints"
-_STACK_DEPTH = 24
 
 
 def _rank() -> int:
@@ -85,73 +70,42 @@ def _rank() -> int:
 
 
 class AimLoggerCore:
-    """The logger's behaviour; see :class:`tracelet_callbacks.lightning.TraceletAimLogger`."""
+    """The logger's behaviour; see :class:`.logger.TraceletAimLogger`."""
 
     #: The flavour's ``Trainer`` class, to recognise the trainer that runs this logger.
     _trainer_type: ClassVar[type | None] = None
 
     def __init__(self, config: Mapping[str, Any] | TraceletConfig | None = None, **settings: Any) -> None:
         super().__init__()
-        # resolved now so a bad setting fails here, not mid-training; nothing is opened yet
-        if isinstance(config, TraceletConfig):
-            self._config = config.replace(**settings) if settings else config
-        else:
-            self._config = resolve(settings, config)
-        self._run_hash: str | None = self._config.run_hash
-        self._exp: Experiment | None = None
+        # validated now so a bad setting fails here, not mid-training; nothing is opened yet
+        self._config = coerce(config, settings)
+        # ranks are Lightning's decorators' business (the rank is known only once the strategy is set)
+        self._runs = RunLifecycle(self._config)
         self._trainer_ref: Callable[[], Any] | None = None
         self._optimizers_pending = False
         self._trainer_stored = False
         self._checkpoint_callbacks: list[Any] = []
-        self._logged_model_time: dict[str, float] = {}
-        self._warned: set[str] = set()
+        self._checkpoints = CheckpointStore()
+        self._warn = WarnOnce()
 
     # -- the run ------------------------------------------------------------------------------------
 
     def _live(self) -> Experiment:
-        """The experiment, created (not opened) on first use; this is where the run to continue is chosen."""
-        if self._exp is None:
-            run_hash = self._run_hash
-            if run_hash is None:
-                _trainer, checkpoint = self._running_trainer()
-                run_hash = run_of_checkpoint(checkpoint)
-            self._exp = Experiment(self._config.replace(run_hash=run_hash))
-        return self._exp
+        """The experiment, made (not opened) on first use, continuing the run that wrote the
+        checkpoint being loaded, if any."""
+        return self._runs.current(self._checkpoint_run)
+
+    def _checkpoint_run(self) -> str | None:
+        trainer, checkpoint = running_trainer(self, self._trainer_type, self._trainer_ref)
+        if trainer is not None:
+            self._trainer_ref = weakref.ref(trainer)
+        return run_of_checkpoint(checkpoint)
 
     def _opened(self) -> Experiment:
-        exp = self._live()
-        if not exp.is_open:
-            exp.open()  # a checkpoint's run missing from this repo is an error here or at `version`
-        return exp
+        return self._live().open()  # a checkpoint's run missing from this repo is an error here
 
     def _translator(self) -> Translator | None:
-        exp = self._exp
-        if exp is None or not exp.is_open:
-            exp = self._opened()
-        return exp.translator
-
-    def _running_trainer(self) -> tuple[Any, Any]:
-        """The trainer running this logger and the checkpoint it was asked to load.
-
-        Read from the ``Trainer._run`` frame on the stack, because ``trainer.ckpt_path`` is only set
-        after the logger has had to name its run (see the module docstring).
-        """
-        trainer_type = self._trainer_type
-        frame = sys._getframe(1)
-        for _ in range(_STACK_DEPTH):
-            if frame is None or trainer_type is None:
-                break
-            if frame.f_code.co_name == "_run":
-                candidate = frame.f_locals.get("self")
-                if isinstance(candidate, trainer_type) and self._runs_me(candidate):
-                    self._trainer_ref = weakref.ref(candidate)
-                    return candidate, frame.f_locals.get("ckpt_path")
-            frame = frame.f_back
-        trainer = self._trainer_ref() if self._trainer_ref is not None else None
-        return trainer, getattr(trainer, "ckpt_path", None)
-
-    def _runs_me(self, trainer: Any) -> bool:
-        return any(logger is self for logger in getattr(trainer, "loggers", None) or ())
+        return self._opened().translator
 
     # -- the Logger contract ------------------------------------------------------------------------
 
@@ -163,10 +117,10 @@ class AimLoggerCore:
     @property
     def version(self) -> str | None:
         """The AIM run hash (opens the run on rank 0; the known hash, or ``None``, elsewhere)."""
-        if self._run_hash is None and _rank() == 0:
-            # asked only here: the writer opens the run in the background, and the hash waits for it
-            self._run_hash = self._opened().hash
-        return self._run_hash
+        if _rank() > 0:
+            return self._config.run_hash
+        self._live()  # made here, so the checkpoint's run is the one named
+        return self._runs.hash  # the writer opens the run in the background; the hash waits for it
 
     @property
     def save_dir(self) -> str | None:
@@ -190,7 +144,8 @@ class AimLoggerCore:
         """
         if _rank() > 0:
             return Experiment(self._config, enabled=False).run
-        return self._live().run
+        self._live()
+        return self._runs.handle
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, metrics: Mapping[str, Any] | None = None) -> None:
@@ -210,11 +165,7 @@ class AimLoggerCore:
             return
         if self._optimizers_pending:
             self._store_optimizers(translator)
-        epoch = None
-        if "epoch" in metrics:
-            metrics = dict(metrics)
-            epoch = metrics.pop("epoch")
-        translator.scalars(metrics, step, epoch)
+        translator.scalars(metrics, step)
 
     @rank_zero_only
     def log_graph(self, model: Any, input_array: Any = None) -> None:
@@ -250,7 +201,8 @@ class AimLoggerCore:
         if exp.translator is not None:
             exp.translator.params(checkpoint_summary(checkpoint_callback), key="checkpoint")
         if self._config.log_model == "all":
-            self._store_checkpoints(exp, checkpoint_files(checkpoint_callback, everything=True))
+            files = checkpoint_files(checkpoint_callback, everything=True)
+            self._checkpoints.store(exp, files, CHECKPOINT_FOLDER)
 
     def save(self) -> None:
         """Nothing: Lightning calls this after every ``log_metrics``, and a flush here would cost a round
@@ -258,26 +210,24 @@ class AimLoggerCore:
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        """Close the run with ``status`` (``success`` -> ``finished``), storing ``log_model=True`` models."""
-        exp, self._exp = self._exp, None
-        if exp is None:
+        """Close the run with ``status`` (``success`` -> ``finished``), storing ``log_model=True`` models.
+
+        A later ``validate`` / ``test`` with this logger continues the same run."""
+        if not self._runs.started:
             return  # no run was ever needed
         if status == "failed" and isinstance(sys.exc_info()[1], KeyboardInterrupt):
             status = "interrupted"  # Lightning says "failed" for Ctrl-C too
-        try:
-            status = normalise_status(status)
-        except ValueError:
+        if status not in ("success", "finished", "interrupted", "killed"):
             status = "failed"
-        if exp.is_open:
-            if status == "finished" and self._config.log_model is True:
-                for callback in self._checkpoint_callbacks:
-                    self._store_checkpoints(exp, checkpoint_files(callback, everything=False))
-            with contextlib.suppress(TraceletError):  # a run that never opened: close says so
-                self._run_hash = exp.hash
+        exp = self._runs.current()
+        if exp.is_open and status in ("success", "finished") and self._config.log_model is True:
+            for callback in self._checkpoint_callbacks:
+                files = checkpoint_files(callback, everything=False)
+                self._checkpoints.store(exp, files, CHECKPOINT_FOLDER)
         try:
-            exp.close(status)
+            self._runs.end(status)
         except TraceletError as exc:  # Lightning is tearing down, maybe after another error: no raise
-            self._warn(f"tracelet: closing the AIM run failed: {exc}")
+            self._warn("close", f"tracelet: closing the AIM run failed: {exc}")
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -291,51 +241,18 @@ class AimLoggerCore:
         if schedulers:
             translator.params(schedulers, key="schedulers")
 
-    def _store_checkpoints(self, exp: Experiment, paths: Iterable[str]) -> None:
-        """Store each checkpoint file not stored since it was last written (a ``{path: mtime}`` scan),
-        with secrets in its saved hyperparameters redacted (DESIGN: stored checkpoints carry none)."""
-        for path in paths:
-            try:
-                mtime = os.path.getmtime(path)
-            except OSError:
-                continue
-            if self._logged_model_time.get(path, -1.0) >= mtime:
-                continue
-            with tempfile.TemporaryDirectory(prefix="tracelet-ckpt-") as scratch:
-                try:
-                    stored = scrubbed_checkpoint(path, scratch)
-                except Exception as exc:  # unreadable: never store what we could not check
-                    self._warn(
-                        f"tracelet: checkpoint {path!r} was not stored: its hyperparameters could not be "
-                        f"checked for secrets ({type(exc).__name__}: {exc})"
-                    )
-                    continue
-                try:  # waits for the copy, so the scratch folder may go afterwards
-                    exp.log_artifact(stored, artifact_path=CHECKPOINT_FOLDER)
-                except (TraceletError, OSError, ValueError) as exc:  # storing must not stop training
-                    self._warn(f"tracelet: could not store checkpoint {path!r}: {exc}")
-                    continue
-            self._logged_model_time[path] = mtime
-
     def _check_checkpoint_run(self, trainer: Any) -> None:
         recorded = run_of_checkpoint(getattr(trainer, "ckpt_path", None))
         if recorded and self._config.run_hash is None and recorded != self.version:
             self._warn(
+                "checkpoint run",
                 f"tracelet: the checkpoint being loaded belongs to AIM run {recorded}, but this logger "
                 f"already writes to run {self.version} (its run was opened before fit); pass "
-                f"run_hash={recorded!r} to continue that run"
+                f"run_hash={recorded!r} to continue that run",
             )
 
-    def _warn(self, message: str) -> None:
-        if message not in self._warned:
-            self._warned.add(message)
-            warnings.warn(message, TraceletWarning, stacklevel=3)
-
     def __getstate__(self) -> dict[str, Any]:
-        """Live handles stay behind; the run hash travels, so a copy continues the same run."""
+        """Live handles stay behind; the run travels by hash (see :class:`RunLifecycle`)."""
         state = self.__dict__.copy()
-        exp = state["_exp"]
-        if exp is not None and exp.is_open:
-            state["_run_hash"] = exp.hash
-        state.update(_exp=None, _trainer_ref=None, _checkpoint_callbacks=[])
+        state.update(_trainer_ref=None, _checkpoint_callbacks=[])
         return state

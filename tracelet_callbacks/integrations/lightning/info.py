@@ -9,16 +9,13 @@ Framework-free (duck-typed on the attributes Lightning's objects have), so both 
 
 from __future__ import annotations
 
-import argparse
-import copy
-import dataclasses
 import json
 import os
-from collections.abc import MutableMapping
+import sys
 from typing import Any
 
 from ...config import TraceletConfig
-from ...core.params import REDACTED, is_secret_key, parameter_counts, redact_text
+from ...core.params import parameter_counts
 
 __all__ = [
     "CHECKPOINT_INDEX",
@@ -27,17 +24,15 @@ __all__ = [
     "index_checkpoints",
     "model_params",
     "optimizer_params",
-    "redact_hyperparameters",
     "repo_label",
     "run_of_checkpoint",
-    "scrubbed_checkpoint",
+    "running_trainer",
     "trainer_params",
 ]
 
 #: File beside the checkpoints: ``{file name: {"run_hash": ..., "repo": ...}}``.
 CHECKPOINT_INDEX = "tracelet-runs.json"
 #: The checkpoint entries that hold ``save_hyperparameters()`` of the module and the datamodule.
-_HPARAM_ENTRIES = ("hyper_parameters", "datamodule_hyper_parameters")
 #: Scheduler state that is progress, not configuration.
 _SCHEDULER_STATE = frozenset({"last_epoch", "verbose", "best", "num_bad_epochs", "cooldown_counter"})
 _TRAINER_SETTINGS = (
@@ -208,92 +203,37 @@ def run_of_checkpoint(checkpoint: Any) -> str | None:
     return run_hash if isinstance(run_hash, str) else None
 
 
-def redact_hyperparameters(value: Any, secret: bool = False) -> tuple[Any, bool]:
-    """``(value with secrets replaced, whether anything was)``; containers keep their type and order.
+_STACK_DEPTH = 32
 
-    Values under a secret key (see :func:`~tracelet_callbacks.core.params.is_secret_key`) become the
-    marker, every leaf of them when the value is a container; strings elsewhere lose URL passwords and
-    token-shaped values. Nothing else is converted, so a checkpoint written back with the result still
-    loads (``load_from_checkpoint`` passes these to ``__init__``).
 
-    >>> redact_hyperparameters({"lr": 0.1, "api_key": "abc", "db": ["postgresql://me:pw@h/d"]})
-    ({'lr': 0.1, 'api_key': '<redacted>', 'db': ['postgresql://me:<redacted>@h/d']}, True)
-    >>> redact_hyperparameters({"lr": 0.1, "hub_token": None, "auth": {"user": "me", "password": ""}})
-    ({'lr': 0.1, 'hub_token': None, 'auth': {'user': 'me', 'password': ''}}, False)
-    >>> redact_hyperparameters({"credentials": {"user": "me", "key": "abc"}})
-    ({'credentials': {'user': '<redacted>', 'key': '<redacted>'}}, True)
+def running_trainer(logger: Any, trainer_type: type | None, known: Any = None) -> tuple[Any, Any]:
+    """The trainer running ``logger`` and the checkpoint it was asked to load (``fit(ckpt_path=...)``).
+
+    ``version`` is the AIM run hash and is asked in step 1, before Lightning has read the
+    checkpoint. So each ``after_save_checkpoint`` records which run wrote which file in a small index
+    beside the checkpoints (``tracelet-runs.json``), and when the logger first needs its run it looks for
+    the ``Trainer._run`` call on the stack that lists this logger and reads the checkpoint path it was
+    given. That stack look-up is the one place we lean on a Lightning internal; without it we fall back
+    to ``trainer.ckpt_path`` and, if a different run was already opened, say so. ``run_hash=`` names the
+    run explicitly and always wins.
+
+    Why no cleaner signal (checked against lightning 2.6.6): ``fit`` / ``validate`` / ``test`` pass the
+    result of ``_checkpoint_connector._select_ckpt_path(...)`` to ``_run`` only as an argument.
+    ``trainer.ckpt_path`` reads ``_checkpoint_connector._ckpt_path``, which ``resume_start`` sets inside
+    ``_restore_modules_and_callbacks``, after ``_call_setup_hook`` has already asked for the run (step 1
+    above); before that it holds only what a user assigned with ``trainer.ckpt_path = ...`` (which the
+    frame's ``ckpt_path`` then equals anyway). So the ``_run`` frame is the only place the path exists in
+    time.
     """
-    if isinstance(value, MutableMapping):  # dict, Lightning's AttributeDict, OmegaConf's DictConfig
-        changes = {}
-        for name, item in value.items():
-            new, changed = redact_hyperparameters(item, secret or is_secret_key(name))
-            if changed:
-                changes[name] = new
-        if not changes:
-            return value, False
-        result = copy.copy(value)
-        for name, new in changes.items():
-            result[name] = new
-        return result, True
-    if isinstance(value, (list, tuple)):
-        names = getattr(value, "_fields", None) or [""] * len(value)  # a namedtuple's fields are keys
-        items = [
-            redact_hyperparameters(item, secret or (bool(name) and is_secret_key(name)))
-            for name, item in zip(names, value, strict=True)
-        ]
-        if not any(changed for _new, changed in items):
-            return value, False
-        new_items = [new for new, _changed in items]
-        if hasattr(value, "_fields"):  # a namedtuple
-            return type(value)(*new_items), True
-        return type(value)(new_items), True
-    if isinstance(value, argparse.Namespace):
-        new, changed = redact_hyperparameters(vars(value), secret)
-        return (argparse.Namespace(**new), True) if changed else (value, False)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {}
-        for field in dataclasses.fields(value):
-            item = getattr(value, field.name, None)
-            new, changed = redact_hyperparameters(item, secret or is_secret_key(field.name))
-            if changed:
-                changes[field.name] = new
-        if not changes:
-            return value, False
-        result = copy.copy(value)
-        for name, new in changes.items():
-            object.__setattr__(result, name, new)  # frozen dataclasses too
-        return result, True
-    if value is None or isinstance(value, bool) or (isinstance(value, (str, bytes)) and not value):
-        return value, False  # nothing to hide, and "is it set" stays readable
-    if secret:
-        return REDACTED, True
-    if isinstance(value, str):
-        text = redact_text(value)
-        return (value, False) if text == value else (text, True)
-    return value, False
-
-
-def scrubbed_checkpoint(path: str, folder: str) -> str:
-    """``path`` itself when its saved hyperparameters hold no secret, else a copy with them redacted,
-    written under ``folder`` with the same file name (so it is stored under the same name).
-
-    Raises whatever loading or saving raises; the caller decides what a failure means.
-    """
-    import torch
-
-    try:  # memory-mapped, so a large checkpoint's tensors are not read just to look at its hparams
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(checkpoint, MutableMapping):
-        return path
-    changed = False
-    for entry in _HPARAM_ENTRIES:
-        if entry in checkpoint:
-            checkpoint[entry], redacted = redact_hyperparameters(checkpoint[entry])
-            changed = changed or redacted
-    if not changed:
-        return path
-    target = os.path.join(folder, os.path.basename(path))
-    torch.save(checkpoint, target)
-    return target
+    frame = sys._getframe(1)
+    for _ in range(_STACK_DEPTH):
+        if frame is None or trainer_type is None:
+            break
+        if frame.f_code.co_name == "_run":
+            candidate = frame.f_locals.get("self")
+            loggers = getattr(candidate, "loggers", None) or ()
+            if isinstance(candidate, trainer_type) and any(item is logger for item in loggers):
+                return candidate, frame.f_locals.get("ckpt_path")
+        frame = frame.f_back
+    trainer = known() if known is not None else None
+    return trainer, getattr(trainer, "ckpt_path", None)

@@ -8,7 +8,7 @@ wants a ``pytorch_lightning`` logger::
 
 When only ``pytorch_lightning`` is installed, this module (and ``tracelet_callbacks.TraceletAimLogger``)
 gives that twin. What the logger does, and how it finds the trainer's settings and the run to resume,
-is described in :mod:`tracelet_callbacks._lightning_core`.
+is described in :mod:`tracelet_callbacks.integrations.lightning.core`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """``TraceletAimLogger`` for the standalone ``pytorch_lightning`` package.
 
-The same logger as :class:`tracelet_callbacks.lightning.TraceletAimLogger` (see there for the
-arguments), built on ``pytorch_lightning.loggers.Logger`` so that a ``pytorch_lightning.Trainer``
-takes it::
+The same logger as :class:`.logger.TraceletAimLogger` (see there for the arguments), built on
+``pytorch_lightning.loggers.Logger`` so that a ``pytorch_lightning.Trainer`` takes it::
 
     from pytorch_lightning import Trainer
     from tracelet_callbacks.pytorch_lightning import TraceletAimLogger
@@ -29,7 +28,7 @@ __all__ = ["TraceletAimLogger"]
 class TraceletAimLogger(AimLoggerCore, Logger):
     """A ``pytorch_lightning`` logger whose run is an AIM run: ``Trainer(logger=TraceletAimLogger())``.
 
-    Arguments and behaviour as :class:`tracelet_callbacks.lightning.TraceletAimLogger`.
+    Arguments and behaviour as :class:`.logger.TraceletAimLogger`.
     """
 
     _trainer_type = Trainer

@@ -1,8 +1,9 @@
-"""``TraceletWriter``: a ``SummaryWriter`` whose every ``add_*`` also lands in AIM; and the patch
-that ``start_logging`` puts on ``SummaryWriter`` itself so unchanged scripts do the same.
+"""How each ``SummaryWriter.add_*`` call reaches the translator, and the patch ``start_logging`` puts
+on ``SummaryWriter`` itself so unchanged scripts log to AIM too.
 
 Each ``add_*`` maps its arguments onto one translator call (the table ``_FORWARDS``); what AIM has no
-home for (video, embeddings, meshes, PR curves) stays TensorBoard-only with one notice.
+home for (video, embeddings, meshes, PR curves) stays TensorBoard-only with one notice. ``WRAPPED``
+holds the methods that do this, for the patch and for :class:`TraceletWriter` alike.
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from threading import get_ident
 from typing import Any
 
-from .. import session
-from ..core.translator import Translator
-from ..core.values import Unsupported, flatten_values, is_tensor
-from ..errors import TraceletValueError, TraceletWarning
-from ..run.experiment import Experiment
+from ...core.translator import Translator
+from ...core.values import Unsupported, flatten_values, is_tensor
+from ...errors import TraceletValueError, TraceletWarning
+from ...run.experiment import active as active_experiment
 
 try:
     from torch.utils.tensorboard import SummaryWriter
@@ -27,7 +27,7 @@ except ImportError as exc:  # torch or tensorboard missing
         'TraceletWriter needs torch and tensorboard: pip install "tracelet-callbacks[tensorboard]"'
     ) from exc
 
-__all__ = ["TraceletWriter"]
+__all__ = ["WRAPPED", "patch_summary_writer", "unpatch_summary_writer"]
 
 Forward = Callable[[Translator, dict], Any]
 
@@ -118,7 +118,7 @@ def _active_translator(writer: SummaryWriter) -> Translator | None:
     own = writer.__dict__.get("_tracelet_experiment")
     if own is not None:
         return own.translator
-    active = session.get_active_experiment()
+    active = active_experiment()
     return active.translator if active is not None else None
 
 
@@ -218,110 +218,9 @@ def _close_figures(figure: Any) -> None:
         plt.close(item)
 
 
-_WRAPPED: dict[str, Callable] = {"add_scalar": _add_scalar}
-_WRAPPED.update({name: _wrap(name, forward) for name, forward in _FORWARDS.items() if name in _ORIGINALS})
+WRAPPED: dict[str, Callable] = {"add_scalar": _add_scalar}
+WRAPPED.update({name: _wrap(name, forward) for name, forward in _FORWARDS.items() if name in _ORIGINALS})
 
-
-class _NoEventFiles:
-    """Stands in for TensorBoard's FileWriter when ``tensorboard=False``: no folder, no event file."""
-
-    def __init__(self, log_dir: str) -> None:
-        self._log_dir = log_dir
-
-    def get_logdir(self) -> str:
-        return self._log_dir
-
-    def add_event(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    add_summary = add_graph = add_onnx_graph = add_event
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def reopen(self) -> None:
-        pass
-
-
-class TraceletWriter(SummaryWriter):
-    """A ``SummaryWriter`` that also sends every ``add_*`` to an AIM run.
-
-    Args:
-        log_dir, comment, purge_step, max_queue, flush_secs, filename_suffix: as ``SummaryWriter``.
-        tensorboard: keep writing TensorBoard event files too (default); ``False`` writes AIM only.
-        experiment: log into this :class:`~tracelet_callbacks.Experiment` instead of opening a run.
-        config: a settings dict; ``**settings``: any setting keyword (``repo_path``, ``run_name`` ...).
-            Note ``flush_secs`` here is TensorBoard's; AIM's is ``config={"flush_secs": ...}``.
-
-    With no settings while ``start_logging`` is active, the writer logs into that session's run.
-
-    Example::
-
-        writer = TraceletWriter(repo_path="./aim_repo", run_name="baseline")
-        writer.add_scalar("train/loss", 0.5, global_step=1)   # AIM metric "loss", subset train
-        writer.close()                                         # closes the run: status "finished"
-    """
-
-    def __init__(
-        self,
-        log_dir: str | None = None,
-        comment: str = "",
-        purge_step: int | None = None,
-        max_queue: int = 10,
-        flush_secs: int = 120,
-        filename_suffix: str = "",
-        *,
-        tensorboard: bool = True,
-        experiment: Experiment | None = None,
-        config: Mapping[str, Any] | None = None,
-        **settings: Any,
-    ) -> None:
-        self._tracelet_tensorboard = tensorboard
-        self._tracelet_owns = experiment is None
-        if experiment is None:
-            active = session.get_active_experiment()
-            if active is not None and not settings and not config:
-                experiment, self._tracelet_owns = active, False
-            else:
-                experiment = Experiment(config, enabled=session.global_rank() == 0, **settings)
-        self._tracelet_experiment = experiment
-        super().__init__(log_dir, comment, purge_step, max_queue, flush_secs, filename_suffix)
-
-    def _get_file_writer(self) -> Any:
-        if self._tracelet_tensorboard:
-            return super()._get_file_writer()
-        if self.file_writer is None:
-            self.file_writer = _NoEventFiles(self.log_dir)
-            self.all_writers = {self.log_dir: self.file_writer}
-        return self.file_writer
-
-    @property
-    def experiment(self) -> Experiment:
-        """The :class:`~tracelet_callbacks.Experiment` this writer logs into."""
-        return self._tracelet_experiment
-
-    def flush(self) -> None:
-        super().flush()
-        self._tracelet_experiment.flush()
-
-    def close(self, status: str = "finished") -> None:
-        """Close the event files and, if this writer opened the run, the run with ``status``."""
-        super().close()
-        if self._tracelet_owns:
-            self._tracelet_experiment.close(status)
-
-    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
-        if kind is None:
-            self.close("finished")
-        else:
-            self.close("interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")
-
-
-for _name, _method in _WRAPPED.items():
-    setattr(TraceletWriter, _name, _method)
 
 _patched = False
 
@@ -331,7 +230,7 @@ def patch_summary_writer() -> None:
     global _patched
     if _patched:
         return
-    for name, method in _WRAPPED.items():
+    for name, method in WRAPPED.items():
         setattr(SummaryWriter, name, method)
     _patched = True
 

@@ -1,0 +1,180 @@
+"""The one run lifecycle every adapter uses, so a run opens, ends and resumes the same way everywhere.
+
+A :class:`RunLifecycle` holds the settings and the current :class:`~tracelet_callbacks.Experiment`:
+
+* **open lazily**: the experiment is made on first use and opens its run when something is logged
+  (or :meth:`RunLifecycle.open` is called);
+* **end with a status** (:meth:`end`): the run is flushed, closed and indexed (queryable at once), and
+  the next use **continues the same run** by hash (HF's ``evaluate()`` after ``train()``, Lightning's
+  ``test`` after ``fit``);
+* **a new run** (:meth:`next_run`) for the next trainer, trial or fold: ``run_hash`` from the settings
+  names the first run only;
+* **finish** (:meth:`finish`): ended for good, later values are dropped with one warning until
+  :meth:`next_run` (accelerate's ``end_training`` then ``init_trackers``);
+* **pickled by hash**: a copy continues the run the original was writing (DDP spawn, Ray);
+* **a stand-in** when ``enabled`` is ``False`` (non-zero ranks): every call does nothing.
+
+>>> from tracelet_callbacks.config import resolve
+>>> from tracelet_callbacks.testing import RecordingSink
+>>> events = []
+>>> runs = RunLifecycle(resolve({"sink_factory": lambda c: RecordingSink(c, events)}, env={}))
+>>> runs.current().log_metric("loss", 1.0)
+>>> first = runs.hash; runs.end("finished")
+>>> runs.current().log_metric("loss", 0.5)   # continues the same run
+>>> runs.hash == first
+True
+>>> runs.next_run(); runs.current().log_metric("loss", 2.0)
+>>> [event[0] for event in events if event[0] != "flush"]
+['open', 'close', 'open', 'close', 'open']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..config import TraceletConfig
+from ..core.records import normalise_status
+from .experiment import Experiment, RunHandle
+
+__all__ = ["RunLifecycle"]
+
+
+class RunLifecycle:
+    """The state of one adapter's runs (see the module docstring).
+
+    Args:
+        config: the adapter's validated settings.
+        enabled: ``False`` makes it a do-nothing stand-in (decided once, at the adapter's edge).
+    """
+
+    def __init__(self, config: TraceletConfig, *, enabled: bool = True) -> None:
+        self.config = config
+        self.enabled = enabled
+        self.run_name: str | None = config.run_name  # the current run's name, known without opening
+        self._exp: Experiment | None = None
+        self._resume: str | None = None  # an ended run, continued on next use
+        self._ended: str | None = None  # the last run ended, whatever comes next
+        self._runs = 0  # experiments made; the ``run_hash`` setting names the first one only
+        self._finished = False
+
+    # -- the current run ----------------------------------------------------------------------------
+
+    def current(self, first_hash: Callable[[], str | None] | None = None) -> Experiment:
+        """The experiment values go to now, made if needed (not opened).
+
+        ``first_hash``: asked for the run to continue when the first run is made without a
+        ``run_hash`` setting (Lightning: the run that wrote the checkpoint being loaded).
+        """
+        if self._exp is None:
+            self._exp = self._make(first_hash)
+        return self._exp
+
+    def _make(self, first_hash: Callable[[], str | None] | None) -> Experiment:
+        if not self.enabled:
+            return Experiment(self.config, enabled=False)
+        if self._resume is not None:
+            resumed = self.config.replace(run_hash=self._resume, run_name=None, tags=None)
+            self._resume = None
+            return Experiment(resumed)
+        if self._finished:  # as accelerate's own trackers: nothing is written until the next start
+            dropped = Experiment(self.config)
+            dropped.close("finished")  # never opened: writes nothing
+            return dropped
+        run_hash = self.config.run_hash if self._runs == 0 else None
+        if run_hash is None and self._runs == 0 and first_hash is not None:
+            run_hash = first_hash()
+        self._runs += 1
+        return Experiment(self.config.replace(run_hash=run_hash, run_name=self.run_name))
+
+    def open(self) -> Experiment:
+        """Open the current run now (a bad repo or a server that is down fails here)."""
+        return self.current().open()
+
+    @property
+    def made(self) -> Experiment | None:
+        """The current experiment if it was made, without making one (a copy's run waits to be
+        continued until it is used)."""
+        return self._exp
+
+    @property
+    def is_open(self) -> bool:
+        return self._exp is not None and self._exp.is_open
+
+    @property
+    def started(self) -> bool:
+        """A run was made (or is waiting to be continued, or was finished) since :meth:`next_run`."""
+        return self._exp is not None or self._resume is not None or self._finished
+
+    @property
+    def finished(self) -> bool:
+        """:meth:`finish` was called and no :meth:`next_run` since."""
+        return self._finished
+
+    @property
+    def hash(self) -> str | None:
+        """The current run's hash, without reopening an ended run (``None`` on a stand-in)."""
+        if not self.enabled:
+            return None
+        if self._resume is not None:
+            return self._resume
+        if self._finished and (self._exp is None or self._exp.closed):
+            return self._ended  # finished for good: the run it was, not a new one
+        exp = self.current()
+        if not exp.is_open and exp.config.run_hash:
+            return exp.config.run_hash
+        return exp.hash
+
+    @property
+    def name(self) -> str | None:
+        return self.run_name if self.enabled else None
+
+    @property
+    def handle(self) -> RunHandle:
+        """``aim.Run``'s writing surface that always follows the current run."""
+        return RunHandle(self)
+
+    def rename(self, run_name: str) -> None:
+        self.run_name = run_name
+        if (translator := self.current().translator) is not None:
+            translator.run_info(name=run_name)
+
+    def flush(self) -> None:
+        if self._exp is not None:
+            self._exp.flush()
+
+    # -- endings ------------------------------------------------------------------------------------
+
+    def end(self, status: str = "finished") -> None:
+        """Close the current run with ``status``; the next use continues it."""
+        status = normalise_status(status)
+        exp, self._exp = self._exp, None
+        if exp is None or not exp.enabled:
+            return
+        run_hash = exp.hash if exp.is_open else exp.config.run_hash
+        exp.close(status)
+        if not self._finished:
+            self._resume = self._ended = run_hash
+
+    def finish(self, status: str = "finished") -> None:
+        """Close the current run for good: values are dropped (one warning) until :meth:`next_run`."""
+        self.end(status)
+        self._resume, self._finished = None, True
+
+    def next_run(self, run_name: str | None = None, status: str = "finished") -> None:
+        """End the current run (if any) with ``status``; the next use starts a new run."""
+        self.end(status)
+        self._resume, self._finished = None, False
+        self.run_name = run_name if run_name is not None else self.config.run_name
+
+    # -- pickling -----------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The live run stays behind (locks, a writer); its hash travels, so a copy continues it."""
+        state = self.__dict__.copy()
+        exp = state.pop("_exp")
+        if exp is not None and exp.enabled and not exp.closed:
+            state["_resume"] = exp.hash if exp.is_open else exp.config.run_hash
+            state["_runs"] = max(state["_runs"], 1)
+        state["_exp"] = None
+        return state
