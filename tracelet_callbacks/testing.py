@@ -74,10 +74,6 @@ class RecordingSink(Sink):
             raise KeyError(key)
         return found
 
-    @property
-    def hash(self) -> str:
-        return self._hash
-
     def of(self, kind: type) -> list[Any]:
         """The records of one type, in order."""
         return [record for record in self.records if isinstance(record, kind)]

@@ -48,17 +48,23 @@ class Scalar(NamedTuple):
     timestamp: float | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Tracked:
+    """Where a tracked object sits in its series: step, epoch, context, and when it was logged."""
+
+    step: int | None = None
+    epoch: int | float | None = None
+    context: Context = field(default_factory=dict)
+    timestamp: float = field(default_factory=_now)
+
+
 @dataclass(frozen=True)
-class Histogram:
+class Histogram(_Tracked):
     """A distribution: ``counts`` over evenly spaced bins spanning ``bin_range``."""
 
     name: str
     counts: list[float]
     bin_range: tuple[float, float]
-    step: int | None = None
-    epoch: int | None = None
-    context: Context = field(default_factory=dict)
-    timestamp: float = field(default_factory=_now)
 
 
 @dataclass(frozen=True)
@@ -70,39 +76,27 @@ class ImageData:
 
 
 @dataclass(frozen=True)
-class Images:
+class Images(_Tracked):
     """One or more images tracked together at one step."""
 
     name: str
     images: list[ImageData]
-    step: int | None = None
-    epoch: int | None = None
-    context: Context = field(default_factory=dict)
-    timestamp: float = field(default_factory=_now)
 
 
 @dataclass(frozen=True)
-class Text:
+class Text(_Tracked):
     name: str
     text: str
-    step: int | None = None
-    epoch: int | None = None
-    context: Context = field(default_factory=dict)
-    timestamp: float = field(default_factory=_now)
 
 
 @dataclass(frozen=True)
-class Audio:
+class Audio(_Tracked):
     """A clip encoded as WAV bytes."""
 
     name: str
     wav: bytes
     sample_rate: int
     caption: str = ""
-    step: int | None = None
-    epoch: int | None = None
-    context: Context = field(default_factory=dict)
-    timestamp: float = field(default_factory=_now)
 
 
 @dataclass(frozen=True)
@@ -143,14 +137,11 @@ class Artifact:
 
 
 @dataclass(frozen=True)
-class Native:
+class Native(_Tracked):
     """A value already built as an AIM object (``aim.Image`` ...) by the user through the run handle."""
 
     name: str
     value: Any
-    step: int | None = None
-    epoch: int | None = None
-    context: Context = field(default_factory=dict)
 
 
 Record = Union[Scalar, Histogram, Images, Text, Audio, Params, Tags, RunInfo, Artifact, Native]  # noqa: UP007

@@ -208,7 +208,7 @@ class Translator:
         except Unsupported as exc:
             first = value[0] if isinstance(value, list) and value else value
             if type(first).__module__.startswith("aim"):
-                self.sink.submit([rec.Native(name, value, step, epoch, where)])
+                self.sink.submit([rec.Native(name, value, step=step, epoch=epoch, context=where)])
             else:
                 self.skip(name, str(exc))
             return
@@ -236,7 +236,9 @@ class Translator:
 
     def _submit_histogram(self, tag: str, counts: list[float], span: tuple, step: Any, epoch: Any) -> None:
         name, where = self._where(tag, None)
-        self.sink.submit([rec.Histogram(name, counts, span, to_step(step), to_step(epoch), where)])
+        self.sink.submit(
+            [rec.Histogram(name, counts, span, step=to_step(step), epoch=to_epoch(epoch), context=where)]
+        )
 
     def image(
         self, tag: str, image: Any, step: Any = None, dataformats: str = "CHW", caption: str = ""
@@ -286,14 +288,14 @@ class Translator:
 
     def _submit_images(self, tag: str, pixels: list[rec.ImageData], step: Any) -> None:
         name, where = self._where(tag, None)
-        self.sink.submit([rec.Images(name, pixels, to_step(step), None, where)])
+        self.sink.submit([rec.Images(name, pixels, step=to_step(step), context=where)])
 
     def text(self, tag: str, text: Any, step: Any = None) -> None:
         if not isinstance(text, str):
             self.skip(tag, f"expected a string, got {type(text).__name__}", "text")
             return
         name, where = self._where(tag, None)
-        self.sink.submit([rec.Text(name, text, to_step(step), None, where)])
+        self.sink.submit([rec.Text(name, text, step=to_step(step), context=where)])
 
     def audio(
         self, tag: str, samples: Any, step: Any = None, sample_rate: int = 44100, caption: str = ""
@@ -304,7 +306,7 @@ class Translator:
             self.skip(tag, str(exc), "audio")
             return
         name, where = self._where(tag, None)
-        self.sink.submit([rec.Audio(name, wav, int(sample_rate), caption, to_step(step), None, where)])
+        self.sink.submit([rec.Audio(name, wav, int(sample_rate), caption, step=to_step(step), context=where)])
 
     # -- run-level data -----------------------------------------------------------------------------
 

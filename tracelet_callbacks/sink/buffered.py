@@ -55,25 +55,13 @@ class BufferedSink(Sink):
     # -- what the translator and the run handle see -------------------------------------------------
 
     @property
-    def hash(self) -> str | None:
-        return self._hash
-
-    @property
-    def artifacts_uri(self) -> str | None:
-        return self._artifacts_uri
-
-    @property
     def failures(self) -> int:
         """How many records AIM refused (each batch's count comes back with its acknowledgement)."""
         return self._fallback.failures if self._fallback is not None else self._failures
 
     def submit(self, records: Iterable[rec.Record]) -> None:
         if self._closed:
-            warnings.warn(
-                "tracelet: a value was logged after the run was closed; it is dropped",
-                TraceletWarning,
-                stacklevel=3,
-            )
+            self._dropped_after_close()
             return
         if self._fallback is not None:
             self._fallback.submit(records)
@@ -270,9 +258,6 @@ class BufferedSink(Sink):
 class Unavailable(Sink):
     """Where records go when neither the writer nor this process can write to AIM: nowhere, counted."""
 
-    hash = None  # type: ignore[assignment]
-    failures = 0  # type: ignore[assignment]
-
     def __init__(self, error: str) -> None:
         self.error = error
 
@@ -280,7 +265,7 @@ class Unavailable(Sink):
         pass
 
     def submit(self, records: Iterable[rec.Record]) -> None:
-        self.failures += sum(1 for _ in records)
+        self._failures += sum(1 for _ in records)
 
     def flush(self) -> None:
         pass

@@ -9,10 +9,12 @@ of them. No aim import here.
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..core import records as rec
+from ..errors import TraceletWarning
 
 __all__ = ["Sink", "SinkFactory"]
 
@@ -53,20 +55,33 @@ class Sink(abc.ABC):
     def get(self, key: str) -> Any:
         """The run param ``key`` as stored (``KeyError`` when there is none)."""
 
+    # What a sink has learnt of its run; subclasses set these (or override the properties below).
+    _hash: str | None = None
+    _artifacts_uri: str | None = None
+    _failures = 0
+
     @property
-    @abc.abstractmethod
     def hash(self) -> str | None:
         """The run hash."""
+        return self._hash
 
     @property
     def artifacts_uri(self) -> str | None:
         """Where the run's artifacts are copied (``file://...``, ``s3://...``)."""
-        return None
+        return self._artifacts_uri
 
     @property
     def failures(self) -> int:
         """How many records the backend refused so far."""
-        return 0
+        return self._failures
+
+    def _dropped_after_close(self) -> None:
+        """Say that records came after ``close`` (and are dropped), at the line that logged them."""
+        warnings.warn(
+            "tracelet: a value was logged after the run was closed; it is dropped",
+            TraceletWarning,
+            stacklevel=4,
+        )
 
 
 #: What ``sink_factory=`` takes: the resolved settings in, an unopened sink out.

@@ -69,10 +69,6 @@ class AimSink(Sink):
         return self._run
 
     @property
-    def artifacts_uri(self) -> str | None:
-        return self._artifacts_uri
-
-    @property
     def hash(self) -> str:
         """The run hash; still known after ``close``."""
         if self._hash is None:
@@ -149,11 +145,7 @@ class AimSink(Sink):
     def submit(self, records: Iterable[rec.Record]) -> None:
         with self._lock:
             if self._closed:
-                warnings.warn(
-                    "tracelet: a value was logged after the run was closed; it is dropped",
-                    TraceletWarning,
-                    stacklevel=3,
-                )
+                self._dropped_after_close()
                 return
             run = self.run
             scalars: list[rec.Scalar] = []
@@ -210,11 +202,6 @@ class AimSink(Sink):
             warnings.warn(
                 f"tracelet: writing to AIM failed: {exc!r}; training goes on", TraceletWarning, stacklevel=4
             )
-
-    @property
-    def failures(self) -> int:
-        """How many records the backend refused (each one reported in the log)."""
-        return self._failures
 
     def _write(self, run: Any, record: rec.Record) -> None:
         import aim
