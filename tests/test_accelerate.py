@@ -41,6 +41,7 @@ def test_construction_has_no_side_effects(repo_dir: Path) -> None:
         tracelet.TraceletAimTracker("bad", repo_pth="x")
 
 
+@pytest.mark.slow
 def test_accelerator_loop_params_metrics_images_text(repo_dir: Path) -> None:
     repo = repo_dir / "aim"
     accelerator = Accelerator(
@@ -90,6 +91,7 @@ def test_accelerator_loop_params_metrics_images_text(repo_dir: Path) -> None:
     assert steps == [5] and texts[0].data == "done"
 
 
+@pytest.mark.slow
 def test_an_epoch_key_is_aims_epoch_not_a_series(repo_dir: Path) -> None:
     repo = repo_dir / "aim"
     tracker = tracelet.TraceletAimTracker("epochs", repo_path=str(repo), **FAST)
@@ -104,6 +106,7 @@ def test_an_epoch_key_is_aims_epoch_not_a_series(repo_dir: Path) -> None:
     assert series(repo, "epoch", None, run_hash) == {}
 
 
+@pytest.mark.slow
 def test_start_after_finish_opens_a_new_run(repo_dir: Path) -> None:
     repo = repo_dir / "aim"
     tracker = tracelet.TraceletAimTracker("again", repo_path=str(repo), **FAST)
@@ -125,6 +128,7 @@ def test_start_after_finish_opens_a_new_run(repo_dir: Path) -> None:
         assert series(repo, "loss", TRAIN, run_hash) == {number: float(number)}
 
 
+@pytest.mark.slow
 def test_tracker_pickles_before_and_after_use_and_a_copy_continues_the_run(repo_dir: Path) -> None:
     repo = repo_dir / "aim"
     tracker = tracelet.TraceletAimTracker("copied", repo_path=str(repo), **FAST)
@@ -172,6 +176,7 @@ NOT_MAIN_JOB = """
 """
 
 
+@pytest.mark.slow
 def test_other_processes_create_no_repo_and_no_run(tmp_path: Path) -> None:
     """Accelerate's own main-process policy in a real two-process job (``torch.distributed.run``,
     gloo on CPU): each rank points the tracker at its own folder; only rank 0's exists."""

@@ -273,6 +273,7 @@ def _read_back(repo: Path, run_hash: str) -> list[Point]:
     return sorted(points, key=repr)
 
 
+@pytest.mark.slow
 def test_real_aim_round_trip_gives_the_same_series_for_every_adapter(repo_dir: Path) -> None:
     repo = repo_dir / "aim"
     hashes = {}

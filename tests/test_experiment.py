@@ -14,6 +14,7 @@ from conftest import open_repo, read_run, series
 from tracelet_callbacks.sink.environment import redacted_argv
 
 
+@pytest.mark.slow
 def test_metrics_params_and_status_read_back(repo_dir: Path) -> None:
     with tracelet.Experiment(run_name="unit", experiment_name="exp") as exp:
         for step in range(5):
@@ -34,6 +35,7 @@ def test_metrics_params_and_status_read_back(repo_dir: Path) -> None:
     assert list(epochs) == [0, 0, 1, 1, 2]
 
 
+@pytest.mark.slow
 def test_exception_in_with_block_records_failed(repo_dir: Path) -> None:
     with pytest.raises(RuntimeError), tracelet.Experiment() as exp:
         exp.log_metric("loss", 1.0, 0)
@@ -42,6 +44,7 @@ def test_exception_in_with_block_records_failed(repo_dir: Path) -> None:
     assert series(repo_dir, "loss", {}) == {0: 1.0}
 
 
+@pytest.mark.slow
 def test_resume_by_run_hash_continues_the_same_run(repo_dir: Path) -> None:
     first = tracelet.Experiment(run_name="resumable")
     for step in range(3):
@@ -58,6 +61,7 @@ def test_resume_by_run_hash_continues_the_same_run(repo_dir: Path) -> None:
     assert run["status"] == "finished" and run["resumed_from_status"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_resume_of_unknown_hash_is_a_clear_error(repo_dir: Path) -> None:
     tracelet.Experiment(run_name="x").close()
     with pytest.raises(tracelet.TraceletError, match="deadbeef"):
@@ -87,6 +91,7 @@ def test_artifacts_are_copied_into_the_store(repo_dir: Path) -> None:
     assert not list(repo_dir.parent.glob("outside*"))
 
 
+@pytest.mark.slow
 def test_custom_artifacts_uri_folder(repo_dir: Path) -> None:
     (repo_dir / "f.txt").write_text("hi")
     with tracelet.Experiment(artifacts_uri=str(repo_dir / "store")) as exp:
@@ -110,6 +115,7 @@ def test_secrets_are_stored_nowhere(repo_dir: Path) -> None:
                 assert secret not in data, (secret, path)
 
 
+@pytest.mark.slow
 def test_bad_values_warn_once_and_lose_nothing_else(repo_dir: Path) -> None:
     with tracelet.Experiment() as exp, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -181,6 +187,7 @@ def test_start_logging_errors(repo_dir: Path) -> None:
     assert tracelet.get_active_experiment() is None
 
 
+@pytest.mark.slow
 def test_environment_variables_configure_the_run(repo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRACELET_AIM_REPO", str(repo_dir / "from_env"))
     monkeypatch.setenv("TRACELET_AIM_EXPERIMENT", "env-exp")
@@ -193,6 +200,7 @@ def test_environment_variables_configure_the_run(repo_dir: Path, monkeypatch: py
     assert run["tags"] == {"team": "vision", "stage": "dev"}
 
 
+@pytest.mark.slow
 def test_environment_is_recorded_without_env_vars(repo_dir: Path) -> None:
     with tracelet.Experiment() as exp:
         exp.log_metric("loss", 1.0, 0)

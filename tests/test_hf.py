@@ -100,6 +100,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_one_run_with_train_loss_per_logging_step(trained: dict[str, Any]) -> None:
     repo, run_hash, history = trained["repo"], trained["hash"], trained["history"]
     assert [run.hash for run in open_repo(repo).iter_runs()] == [run_hash]
@@ -209,6 +210,7 @@ def test_no_hub_token_anywhere_in_repo_or_store(trained: dict[str, Any]) -> None
     assert SECRET.encode() in next(Path(trained["args"].output_dir).rglob("training_args.bin")).read_bytes()
 
 
+@pytest.mark.slow
 def test_hyperparameter_search_makes_one_run_per_trial(tmp_path: Path) -> None:
     pytest.importorskip("optuna")
     repo = tmp_path / "aim"
@@ -275,6 +277,7 @@ def test_peft_config_and_final_model_with_log_model_true(tmp_path: Path) -> None
     assert run.get("checkpoints") is None  # save_strategy="no": nothing saved, nothing recorded
 
 
+@pytest.mark.slow
 def test_exception_in_training_leaves_status_failed(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
@@ -305,6 +308,7 @@ def test_exception_in_training_leaves_status_failed(tmp_path: Path) -> None:
     assert sorted(series(tmp_path / "aim", "loss", TRAIN, run_hash)) == [1, 2]
 
 
+@pytest.mark.slow
 def test_one_callback_shared_by_two_trainers_makes_two_runs(tmp_path: Path) -> None:
     """k-fold loops pass one callback to a Trainer per fold: each fold is its own run, named after its
     own arguments, with its own params and loss series."""
@@ -338,6 +342,7 @@ def test_one_callback_shared_by_two_trainers_makes_two_runs(tmp_path: Path) -> N
     assert losses[0] != pytest.approx(losses[1])
 
 
+@pytest.mark.slow
 def test_an_exception_caught_by_the_user_leaves_that_run_failed(tmp_path: Path) -> None:
     """The exception never reaches the process's exit (a notebook, a k-fold loop with try/except):
     the next Trainer given the callback closes the crashed run as failed and opens its own."""
@@ -366,6 +371,7 @@ def test_an_exception_caught_by_the_user_leaves_that_run_failed(tmp_path: Path) 
     assert read_run(repo, following).get("status") == "finished"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_model", ["all", True])
 def test_an_unwritable_artifact_store_warns_once_and_training_completes(
     tmp_path: Path, log_model: Any
@@ -396,6 +402,7 @@ def test_an_unwritable_artifact_store_warns_once_and_training_completes(
     assert sorted(series(repo, "loss", TRAIN, callback.run_hash)) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_model_params_never_stop_training(tmp_path: Path) -> None:
     """Lazy (not yet shaped) parameters are counted apart; a model whose params cannot be read at all
     is one warning, and the TrainingArguments are stored regardless."""
@@ -429,6 +436,7 @@ def test_model_params_never_stop_training(tmp_path: Path) -> None:
     assert broken.get("status") == "finished"
 
 
+@pytest.mark.slow
 def test_routing_off_never_puts_eval_or_test_keys_in_train(tmp_path: Path) -> None:
     repo = tmp_path / "aim"
     callback = tracelet.TraceletCallback(config=FAST, repo_path=str(repo), routing=False)

@@ -273,6 +273,7 @@ def test_hf_two_trainers_sharing_one_callback_make_two_runs(events: list[tuple],
     ]
 
 
+@pytest.mark.slow
 def test_hf_hyperparameter_search_makes_one_run_per_trial(events: list[tuple], tmp_path: Path) -> None:
     """``hyperparameter_search`` (optuna, 2 trials) on ONE ``Trainer``: one run per trial.
 

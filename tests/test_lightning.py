@@ -121,6 +121,7 @@ def _snapshot(repo: Path, run_hash: str) -> types.SimpleNamespace:
     )
 
 
+@pytest.mark.slow
 def test_fit_validate_test_make_one_finished_run(repo: Path, full: types.SimpleNamespace) -> None:
     assert [run.hash for run in full.after_fit] == [full.hash]
     assert [run.hash for run in _runs(repo, "full")] == [full.hash]
@@ -229,6 +230,7 @@ def _files_holding(folder: Path, secret: bytes) -> list[Path]:
     return [path for path in folder.rglob("*") if path.is_file() and secret in path.read_bytes()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_model", [True, "all"])
 def test_stored_checkpoints_have_saved_secrets_redacted(tmp_path: Path, log_model: Any) -> None:
     repo, folder = tmp_path / "aim", tmp_path / "ckpts"  # the trainer's own files stay outside the repo
@@ -267,6 +269,7 @@ def test_stored_checkpoints_have_saved_secrets_redacted(tmp_path: Path, log_mode
     assert run["hparams"]["api_key"] == REDACTED and run["hparams"]["hf_token"] == REDACTED
 
 
+@pytest.mark.slow
 def test_checkpoint_without_secrets_is_stored_byte_for_byte_and_unreadable_ones_not_at_all(
     tmp_path: Path,
 ) -> None:

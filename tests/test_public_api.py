@@ -57,6 +57,7 @@ def test_missing_framework_names_the_extra() -> None:
     assert 'pip install "tracelet-callbacks[tensorboard]"' in done.stdout
 
 
+@pytest.mark.slow
 def test_start_logging_works_without_tensorboard(tmp_path) -> None:
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['tensorboard'] = None\n"

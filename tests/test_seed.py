@@ -44,6 +44,7 @@ def only_run(repo_dir: Path):
     return runs[0]
 
 
+@pytest.mark.slow
 def test_quick_start(repo_dir: Path) -> None:
     run_block(seed_block("Local Repository"))
     run = only_run(repo_dir)
@@ -55,6 +56,7 @@ def test_quick_start(repo_dir: Path) -> None:
     assert list(repo_dir.glob("runs/*/events.out.tfevents.*")), "SummaryWriter still writes its event files"
 
 
+@pytest.mark.slow
 def test_complete_example(repo_dir: Path) -> None:
     run_block(seed_block("Complete Example"))
     run = only_run(repo_dir)
@@ -84,6 +86,7 @@ def test_complete_example(repo_dir: Path) -> None:
     assert [metric.run.hash for metric in found] == [run.hash]
 
 
+@pytest.mark.slow
 def test_lr_sweep_makes_three_queryable_runs(repo_dir: Path) -> None:
     run_block(seed_block("Multi-Run Comparison"))
     repo = open_repo(repo_dir)
@@ -97,6 +100,7 @@ def test_lr_sweep_makes_three_queryable_runs(repo_dir: Path) -> None:
         assert f"learning_rate={run['tags']['learning_rate']}" in run.tags
 
 
+@pytest.mark.slow
 def test_current_usage_and_best_practices(repo_dir: Path) -> None:
     import tracelet_callbacks as tracelet
 
@@ -120,6 +124,7 @@ def test_parameter_logging_strategy(repo_dir: Path) -> None:
     assert params["model.layers"] == 50 and params["optimizer.lr"] == 0.001
 
 
+@pytest.mark.slow
 def test_migration_from_tensorboard(repo_dir: Path) -> None:
     import tracelet_callbacks as tracelet
 
@@ -130,6 +135,7 @@ def test_migration_from_tensorboard(repo_dir: Path) -> None:
     assert series(repo_dir, "loss", {"subset": "train"}) == {3: 0.25}
 
 
+@pytest.mark.slow
 def test_planned_configuration_keys(repo_dir: Path) -> None:
     """Every key of the "Planned Configuration" block but the remote one (tests/test_remote.py has it)."""
     import tracelet_callbacks as tracelet

@@ -62,6 +62,7 @@ def _run_hashes(repo: Path) -> set[str]:
 # -- 1. TraceletWriter, AIM only ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_scalars_are_routed_with_exact_steps_and_values(repo_dir: Path, shared_repo: Path) -> None:
     repo = shared_repo
     writer = _writer(repo)
@@ -265,6 +266,7 @@ def test_tensorboard_true_writes_event_files_and_aim(repo_dir: Path, shared_repo
 # -- 3. the start_logging patch of SummaryWriter ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_start_logging_patches_existing_writers_and_stop_restores(repo_dir: Path) -> None:
     repo = repo_dir / "aim"
     early = SummaryWriter(log_dir=str(repo_dir / "tb_early"))  # created before the session
@@ -299,6 +301,7 @@ def test_start_logging_patches_existing_writers_and_stop_restores(repo_dir: Path
     assert _event_files(repo_dir / "tb_early") and _event_files(repo_dir / "tb_late")
 
 
+@pytest.mark.slow
 def test_sequential_sessions_make_separate_runs(repo_dir: Path) -> None:
     repo = repo_dir / "aim"
     writer = SummaryWriter(log_dir=str(repo_dir / "tb"))
@@ -387,6 +390,7 @@ def test_strict_raises_on_bad_scalars(repo_dir: Path, shared_repo: Path, value: 
 # -- 5. a TraceletWriter inside a start_logging session --------------------------------------------
 
 
+@pytest.mark.slow
 def test_writer_without_settings_joins_the_active_session(repo_dir: Path) -> None:
     repo = repo_dir / "aim"
     exp = tracelet.start_logging(exp_name="session", config={"repo_path": str(repo)})

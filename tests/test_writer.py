@@ -206,6 +206,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     return indexed_series(path, run_hash), trace_meta(path, run_hash)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_batched_ingestion_equals_value_by_value_tracking(
     repo_dir: Path, mode: str, reference: tuple[dict, dict]
@@ -623,6 +624,7 @@ def test_logging_after_close_warns_once_and_drops(repo_dir: Path) -> None:
 # -- 11. one writer process, run after run ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_next_run_reuses_the_writer_in_the_trainers_current_folder(
     repo_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -645,6 +647,7 @@ def test_the_next_run_reuses_the_writer_in_the_trainers_current_folder(
     assert read_run(elsewhere / "aim", second.hash)["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_a_run_that_cannot_be_resumed_leaves_the_writer_usable(repo_dir: Path) -> None:
     from tracelet_callbacks.sink import writer
 
@@ -670,6 +673,7 @@ print(writer._spare.proc.pid, flush=True)
 """
 
 
+@pytest.mark.slow
 def test_the_spare_writer_ends_with_the_trainer(repo_dir: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-W", "error::ResourceWarning", "-c", SPARE_AT_EXIT],
@@ -682,6 +686,7 @@ def test_the_spare_writer_ends_with_the_trainer(repo_dir: Path) -> None:
     wait_until(lambda: process_gone(int(done.stdout.split()[-1])), 10, "the spare writer to exit")
 
 
+@pytest.mark.slow
 def test_a_forked_child_leaves_the_parents_spare_writer_alone(repo_dir: Path) -> None:
     from tracelet_callbacks.sink import writer
 
@@ -709,6 +714,7 @@ def test_a_forked_child_leaves_the_parents_spare_writer_alone(repo_dir: Path) ->
     assert {first.hash, again.hash} <= runs and len(runs) == 3
 
 
+@pytest.mark.slow
 def test_a_writer_that_dies_before_opening_the_run_is_replaced_by_this_process(
     repo_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
