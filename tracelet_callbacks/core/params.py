@@ -109,7 +109,87 @@ def to_params(obj: Any) -> Any:
     enums, dtypes and devices become strings; small tensors become lists and large ones a shape
     summary; other objects become their class name.
     """
-    return _convert(_unwrap(obj), depth=0)
+    return _walk(_unwrap(obj), secret=False, depth=0, keep=False)
+
+
+def redact(value: Any) -> tuple[Any, bool]:
+    """``(value with secrets replaced, whether anything was)``; containers keep their type and order.
+
+    The type-keeping mode of the walker behind :func:`to_params`, for objects written back where they
+    came from (a checkpoint's saved hyperparameters, which ``load_from_checkpoint`` passes to
+    ``__init__``). Values under a secret key (see :func:`is_secret_key`) become the marker, every leaf
+    of them when the value is a container; strings elsewhere lose URL passwords and token-shaped
+    values; nothing else is converted.
+
+    >>> redact({"lr": 0.1, "api_key": "abc", "db": ["postgresql://me:pw@h/d"]})
+    ({'lr': 0.1, 'api_key': '<redacted>', 'db': ['postgresql://me:<redacted>@h/d']}, True)
+    >>> redact({"lr": 0.1, "hub_token": None, "auth": {"user": "me", "password": ""}})
+    ({'lr': 0.1, 'hub_token': None, 'auth': {'user': 'me', 'password': ''}}, False)
+    >>> redact({"credentials": {"user": "me", "key": "abc"}})
+    ({'credentials': {'user': '<redacted>', 'key': '<redacted>'}}, True)
+    """
+    new = _walk(value, secret=False, depth=0, keep=True)
+    return new, new is not value
+
+
+def _walk(value: Any, secret: bool, depth: int, keep: bool) -> Any:
+    """The one redaction walker: ``value`` with every secret replaced by :data:`REDACTED`.
+
+    ``secret``: ``value`` sits under a secret key. ``keep=False`` converts as it goes (JSON-safe
+    copies; a secret container is hidden whole); ``keep=True`` keeps every type, hides a secret
+    container leaf by leaf, and returns ``value`` itself where nothing changed, so callers can tell.
+    """
+    unset = value is None or (isinstance(value, (str, bytes)) and not value)  # "is it set" stays readable
+    if secret and not unset and not (keep and (isinstance(value, bool) or _is_container(value))):
+        return REDACTED
+    if value is None or isinstance(value, bool):
+        return value
+    if keep:
+        if isinstance(value, str):
+            text = redact_text(value)
+            return value if text == value else text
+        return _rebuilt(value, secret, depth) if _is_container(value) else value
+    return _converted(value, depth)
+
+
+def _is_container(value: Any) -> bool:
+    """What the type-keeping mode walks into."""
+    return isinstance(value, (MutableMapping, list, tuple, argparse.Namespace)) or (
+        dataclasses.is_dataclass(value) and not isinstance(value, type)
+    )
+
+
+def _rebuilt(value: Any, secret: bool, depth: int) -> Any:
+    """A container of the same type with its secrets replaced, or ``value`` itself if it had none."""
+
+    def item(name: Any, inner: Any) -> Any:
+        return _walk(inner, secret or (bool(name) and is_secret_key(name)), depth + 1, keep=True)
+
+    if isinstance(value, MutableMapping):  # dict, Lightning's AttributeDict, OmegaConf's DictConfig
+        changes = {name: new for name, inner in value.items() if (new := item(name, inner)) is not inner}
+        result = copy.copy(value) if changes else value
+        for name, new in changes.items():
+            result[name] = new
+        return result
+    if isinstance(value, argparse.Namespace):
+        inner = vars(value)
+        new = _rebuilt(inner, secret, depth)
+        return value if new is inner else argparse.Namespace(**new)
+    if isinstance(value, (list, tuple)):
+        names = getattr(value, "_fields", None) or [""] * len(value)  # a namedtuple's fields are keys
+        items = [item(name, inner) for name, inner in zip(names, value, strict=True)]
+        if all(new is inner for new, inner in zip(items, value, strict=True)):
+            return value
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    changes = {}  # a dataclass
+    for field in dataclasses.fields(value):
+        inner = getattr(value, field.name, None)
+        if (new := item(field.name, inner)) is not inner:
+            changes[field.name] = new
+    result = copy.copy(value) if changes else value
+    for name, new in changes.items():
+        object.__setattr__(result, name, new)  # frozen dataclasses too
+    return result
 
 
 def _unwrap(obj: Any) -> Any:
@@ -133,17 +213,14 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
-def _convert(value: Any, depth: int, key: Any = None) -> Any:
-    if (
-        key is not None
-        and is_secret_key(key)
-        and not (value is None or (isinstance(value, str) and not value))
-    ):
-        return REDACTED
-    if value is None or isinstance(value, bool):
-        return value
+def _converted(value: Any, depth: int) -> Any:
+    """The JSON-safe copy of a value that is not a secret (see :func:`_walk`)."""
     if isinstance(value, enum.Enum):  # before str: PEFT's enums are str subclasses aim cannot encode
-        return _convert(value.value, depth) if isinstance(value.value, (str, int, float)) else value.name
+        return (
+            _walk(value.value, False, depth, keep=False)
+            if isinstance(value.value, (str, int, float))
+            else value.name
+        )
     if isinstance(value, str):
         return redact_text(str.__str__(value))  # a plain str, whatever subclass came in
     if isinstance(value, numbers.Integral):
@@ -158,15 +235,15 @@ def _convert(value: Any, depth: int, key: Any = None) -> Any:
     if is_tensor(value) or _is_array(value):
         return _array_summary(value)
     if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "shape", None) == ():
-        return _convert(value.item(), depth)  # numpy scalars
+        return _walk(value.item(), False, depth, keep=False)  # numpy scalars
     unwrapped = _unwrap(value)
     if isinstance(unwrapped, Mapping):
-        return {str(k): _convert(v, depth + 1, key=k) for k, v in unwrapped.items()}
+        return {str(k): _walk(v, is_secret_key(k), depth + 1, keep=False) for k, v in unwrapped.items()}
     if isinstance(unwrapped, (list, tuple, set, frozenset)):
         items = list(unwrapped)
         if isinstance(unwrapped, (set, frozenset)):
             items = sorted(items, key=repr)
-        converted = [_convert(item, depth + 1) for item in items[:MAX_LIST_ITEMS]]
+        converted = [_walk(item, False, depth + 1, keep=False) for item in items[:MAX_LIST_ITEMS]]
         if len(items) > MAX_LIST_ITEMS:
             converted.append(f"... {len(items) - MAX_LIST_ITEMS} more")
         return converted
@@ -192,7 +269,7 @@ def _array_summary(value: Any) -> Any:
         count *= dim
     if count <= 16:
         data = value.detach().cpu().tolist() if is_tensor(value) else value.tolist()
-        return _convert(data, depth=0)
+        return _walk(data, False, 0, keep=False)
     kind = "Tensor" if is_tensor(value) else "ndarray"
     dtype = str(value.dtype).replace("torch.", "")
     return f"{kind}(shape={list(shape)}, dtype={dtype})"
@@ -221,72 +298,6 @@ def parameter_counts(model: Any) -> dict[str, Any]:
     if lazy:
         found["uninitialized_parameters"] = lazy
     return found
-
-
-def redact(value: Any, secret: bool = False) -> tuple[Any, bool]:
-    """``(value with secrets replaced, whether anything was)``; containers keep their type and order.
-
-    The type-preserving twin of :func:`to_params`, for objects written back where they came from (a
-    checkpoint's saved hyperparameters). Values under a secret key (see :func:`is_secret_key`) become the
-    marker, every leaf of them when the value is a container; strings elsewhere lose URL passwords and
-    token-shaped values. Nothing else is converted, so a checkpoint written back with the result still
-    loads (``load_from_checkpoint`` passes these to ``__init__``).
-
-    >>> redact({"lr": 0.1, "api_key": "abc", "db": ["postgresql://me:pw@h/d"]})
-    ({'lr': 0.1, 'api_key': '<redacted>', 'db': ['postgresql://me:<redacted>@h/d']}, True)
-    >>> redact({"lr": 0.1, "hub_token": None, "auth": {"user": "me", "password": ""}})
-    ({'lr': 0.1, 'hub_token': None, 'auth': {'user': 'me', 'password': ''}}, False)
-    >>> redact({"credentials": {"user": "me", "key": "abc"}})
-    ({'credentials': {'user': '<redacted>', 'key': '<redacted>'}}, True)
-    """
-    if isinstance(value, MutableMapping):  # dict, Lightning's AttributeDict, OmegaConf's DictConfig
-        changes = {}
-        for name, item in value.items():
-            new, changed = redact(item, secret or is_secret_key(name))
-            if changed:
-                changes[name] = new
-        if not changes:
-            return value, False
-        result = copy.copy(value)
-        for name, new in changes.items():
-            result[name] = new
-        return result, True
-    if isinstance(value, (list, tuple)):
-        names = getattr(value, "_fields", None) or [""] * len(value)  # a namedtuple's fields are keys
-        items = [
-            redact(item, secret or (bool(name) and is_secret_key(name)))
-            for name, item in zip(names, value, strict=True)
-        ]
-        if not any(changed for _new, changed in items):
-            return value, False
-        new_items = [new for new, _changed in items]
-        if hasattr(value, "_fields"):  # a namedtuple
-            return type(value)(*new_items), True
-        return type(value)(new_items), True
-    if isinstance(value, argparse.Namespace):
-        new, changed = redact(vars(value), secret)
-        return (argparse.Namespace(**new), True) if changed else (value, False)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {}
-        for field in dataclasses.fields(value):
-            item = getattr(value, field.name, None)
-            new, changed = redact(item, secret or is_secret_key(field.name))
-            if changed:
-                changes[field.name] = new
-        if not changes:
-            return value, False
-        result = copy.copy(value)
-        for name, new in changes.items():
-            object.__setattr__(result, name, new)  # frozen dataclasses too
-        return result, True
-    if value is None or isinstance(value, bool) or (isinstance(value, (str, bytes)) and not value):
-        return value, False  # nothing to hide, and "is it set" stays readable
-    if secret:
-        return REDACTED, True
-    if isinstance(value, str):
-        text = redact_text(value)
-        return (value, False) if text == value else (text, True)
-    return value, False
 
 
 def redacted_argv(argv: list[str]) -> list[str]:
