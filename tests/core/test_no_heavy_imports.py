@@ -20,6 +20,10 @@ MODULES = [
     "tracelet_callbacks.core.params",
     "tracelet_callbacks.core.records",
     "tracelet_callbacks.core.translator",
+    "tracelet_callbacks.run.lifecycle",
+    "tracelet_callbacks.run.checkpoints",
+    "tracelet_callbacks.sink.contract",
+    "tracelet_callbacks.sink.wire",
 ]
 
 SCRIPT = """
