@@ -216,9 +216,8 @@ class TraceletCallback(TrainerCallback):
             self._log_params(args, state, model)
         translator = self._translator(state)
         if translator is not None and metrics:
-            # predict metrics carry HF's ``test_`` prefix (``metric_key_prefix``); others are test too
-            tests = {key if key.startswith(HF_PREFIXES) else f"test_{key}": v for key, v in metrics.items()}
-            translator.scalars(tests, state.global_step, state.epoch)
+            # predict's metrics are test metrics, whatever ``metric_key_prefix`` they were given
+            translator.scalars(metrics, state.global_step, state.epoch, {"subset": "test"})
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = checkpoint_folder(args.output_dir, state.global_step)
