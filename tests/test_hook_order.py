@@ -64,33 +64,22 @@ def _hf_callback(events: list[tuple]) -> Any:
     return TraceletCallback(sink_factory=_factory(events))
 
 
+#: The ``Trainer`` hooks where a run could open or close, recorded beside ours.
+HF_HOOKS = ("on_init_end", "on_train_begin", "on_train_end", "on_log", "on_evaluate", "on_predict", "on_save")
+
+
 def _hf_recorder(events: list[tuple]) -> Any:
-    """A ``TrainerCallback`` that records the hooks where a run could open or close."""
+    """A ``TrainerCallback`` that records each of :data:`HF_HOOKS` as it is called."""
     from transformers import TrainerCallback
 
-    class HookRecorder(TrainerCallback):
-        def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            events.append(_hook("on_init_end"))
+    def recording(name: str) -> Any:
+        def hook(self: Any, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            events.append(_hook(name))
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            events.append(_hook("on_train_begin"))
+        return hook
 
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            events.append(_hook("on_train_end"))
-
-        def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            events.append(_hook("on_log"))
-
-        def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            events.append(_hook("on_evaluate"))
-
-        def on_predict(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            events.append(_hook("on_predict"))
-
-        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            events.append(_hook("on_save"))
-
-    return HookRecorder()
+    recorder = type("HookRecorder", (TrainerCallback,), {name: recording(name) for name in HF_HOOKS})
+    return recorder()
 
 
 def _trainer(callbacks: list[Any], out: Path, seed: int = 0, **overrides: Any) -> Any:
@@ -192,7 +181,7 @@ def test_hf_second_train_on_the_same_trainer_continues_the_same_run(
     """A second ``train()`` on the same ``Trainer`` continues the SAME run, reopened in our
     ``on_train_begin`` and closed ``finished`` again at its ``on_train_end``.
 
-    Why that is right, from the code (``integrations/hf.py``): a new run starts only for a new
+    Why that is right, from the code (``integrations/hf/callback.py``): a new run starts only for a new
     ``Trainer`` (``on_init_end`` with ``_trained`` set) or a new hyperparameter-search trial
     (``on_train_begin`` with ``state.is_hyper_param_search``); a plain ``on_train_begin`` with
     ``_trained`` already set just logs params through the translator, which continues the ended run by
