@@ -40,7 +40,7 @@ BAD_VALUES = [
     ({"log_model": "best"}, "log_model"),
     ({"writer": "fast"}, "writer"),
     ({"routing": 3}, "routing"),
-    ({"strict": "no"}, "strict"),
+    ({"strict": "perhaps"}, "strict"),
 ]
 
 

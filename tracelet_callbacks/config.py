@@ -96,6 +96,12 @@ _NULLABLE = frozenset(
     {f.name for f in dataclasses.fields(TraceletConfig) if f.default is None} | {"system_tracking_interval"}
 )
 
+#: Settings that are true or false; a string such as "no" in a config dict is read as the env is.
+_FLAGS = frozenset({"capture_terminal_logs", "strict", "exit_handlers"})
+
+#: Where aim can copy artifacts (its artifact registry's schemes).
+ARTIFACT_SCHEMES = ("file", "s3")
+
 #: Environment variable -> setting, for jobs whose code cannot be edited.
 ENV_VARS: dict[str, str] = {
     "TRACELET_AIM_REPO": "repo_path",
@@ -145,6 +151,8 @@ def resolve(
         for key, value in source.items():
             if key not in FIELDS:
                 raise unknown_key_error(str(key))
+            if key in _FLAGS and isinstance(value, str):  # "false" in a config file means False
+                value = _from_env(key, value, f"{key} in config")
             if value is not None or (none_counts and key in _NULLABLE):
                 merged[key] = value
     return _validated(TraceletConfig(**merged))
@@ -180,7 +188,7 @@ def _from_env(key: str, raw: str, variable: str) -> Any:
             return float(raw)
         if key == "system_tracking_interval":
             return None if raw.lower() in ("none", "off", "0") else float(raw)
-        if key in ("capture_terminal_logs", "strict", "exit_handlers"):
+        if key in _FLAGS:
             return _as_bool(raw)
         if key == "log_model":
             return "all" if raw.lower() == "all" else _as_bool(raw)
@@ -219,7 +227,7 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
         raise ValueError(f"tracelet: writer must be one of {', '.join(WRITER_MODES)}, got {cfg.writer!r}")
     if not isinstance(cfg.repo_path, (str, os.PathLike)):
         raise ValueError(f"tracelet: repo_path must be a path, got {type(cfg.repo_path).__name__}")
-    for flag in ("capture_terminal_logs", "strict", "exit_handlers"):
+    for flag in sorted(_FLAGS):
         if not isinstance(getattr(cfg, flag), bool):
             raise ValueError(f"tracelet: {flag} must be True or False, got {getattr(cfg, flag)!r}")
     if cfg.sink_factory is not None and not callable(cfg.sink_factory):
@@ -241,6 +249,11 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
     if cfg.artifacts_uri is not None and "://" not in str(cfg.artifacts_uri):
         # a bare folder is what people type; aim wants a scheme
         changes["artifacts_uri"] = "file://" + os.path.abspath(str(cfg.artifacts_uri))
+    elif cfg.artifacts_uri is not None and str(cfg.artifacts_uri).split("://")[0] not in ARTIFACT_SCHEMES:
+        raise ValueError(
+            f"tracelet: artifacts_uri {cfg.artifacts_uri!r} is not a store aim can write; use one of "
+            + ", ".join(f"{scheme}://" for scheme in ARTIFACT_SCHEMES)
+        )
     return dataclasses.replace(cfg, **changes)
 
 

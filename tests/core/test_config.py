@@ -212,7 +212,7 @@ def test_repo_path_is_made_absolute_once(tmp_path: Path, monkeypatch: pytest.Mon
         ({"flush_secs": -1}, "flush_secs"),
         ({"log_model": "best"}, "log_model"),
         ({"writer": "fast"}, "writer"),
-        ({"strict": "yes"}, "strict"),
+        ({"strict": "maybe"}, "strict"),
         ({"exit_handlers": 1}, "exit_handlers"),
         ({"routing": 42}, "routing"),
         ({"sink_factory": "recording"}, "sink_factory"),

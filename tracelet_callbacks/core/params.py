@@ -2,6 +2,8 @@
 
 >>> to_params({"lr": 1e-3, "hub_token": "hf_abc", "db": "postgresql://me:pw@host/db"})
 {'lr': 0.001, 'hub_token': '<redacted>', 'db': 'postgresql://me:<redacted>@host/db'}
+>>> to_params({"seed": 2**70})
+{'seed': '1180591620717411303424'}
 """
 
 from __future__ import annotations
@@ -224,7 +226,8 @@ def _converted(value: Any, depth: int) -> Any:
     if isinstance(value, str):
         return redact_text(str.__str__(value))  # a plain str, whatever subclass came in
     if isinstance(value, numbers.Integral):
-        return int(value)
+        number = int(value)  # aim stores 64-bit integers: a larger one (a seed's entropy) as its digits
+        return number if -(2**63) <= number < 2**63 else str(number)
     if isinstance(value, numbers.Real):
         number = float(value)
         return number if math.isfinite(number) else str(number)  # JSON has no NaN / inf

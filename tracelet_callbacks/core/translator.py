@@ -20,6 +20,7 @@ from . import records as rec
 from .params import to_params
 from .routing import RoutingTable, make_table
 from .values import (
+    STEP_LIMIT,
     Unsupported,
     audio_to_wav,
     draw_boxes,
@@ -47,6 +48,7 @@ _now = time.time
 
 #: How many distinct tags keep their route cached (a tag per step would otherwise grow it forever).
 _ROUTE_CACHE = 65536
+_STEP_LIMIT = STEP_LIMIT
 
 log = logging.getLogger("tracelet_callbacks")
 
@@ -102,7 +104,10 @@ class Translator:
 
     # -- scalars ------------------------------------------------------------------------------------
 
-    def _where(self, tag: str, context: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    def _where(
+        self, tag: str, context: Mapping[str, Any] | None, kind: str = "value", depth: int = 1
+    ) -> tuple[str, dict[str, Any]] | None:
+        """``(metric name, context)`` of ``tag``; ``None`` (reported) when it cannot be stored."""
         # every logged value asks this; a tag (with the same extra context) routes the same way each time
         key: Any = tag if context is None else (tag, *context.items())
         try:
@@ -111,10 +116,23 @@ class Translator:
             key = hit = None
         if hit is None:
             found = self.table(tag)
-            hit = (found.name, {**self.base_context, **found.context, **(context or {})})
+            where = {**self.base_context, **found.context, **(context or {})}
+            problem = _unstorable(found.name, where)
+            if problem:
+                self.skip(tag, problem, kind, depth=depth)
+                return None
+            hit = (found.name, where)
             if key is not None and len(self._routes) < _ROUTE_CACHE:
                 self._routes[key] = hit
         return hit
+
+    def _position(self, tag: str, step: Any, epoch: Any, kind: str = "value", depth: int = 1) -> Any:
+        """``(step, epoch)`` as AIM stores them, or ``_SKIPPED`` (reported) when they cannot be."""
+        try:
+            return to_step(step), to_epoch(epoch)
+        except Unsupported as exc:
+            self.skip(tag, str(exc), kind, depth=depth)
+            return _SKIPPED
 
     def _convert(self, tag: str, value: Any) -> Any:
         """A value that is not already a float: a float, a ``Deferred`` device scalar, or ``_SKIPPED``."""
@@ -139,11 +157,14 @@ class Translator:
         if number is _SKIPPED:
             return False
         hit = self._routes.get(tag) if context is None else None
-        name, where = hit if hit is not None else self._where(tag, context)
-        if type(step) is not int:
-            step = to_step(step)
-        if epoch is not None:
-            epoch = to_epoch(epoch)
+        if hit is None and (hit := self._where(tag, context)) is None:
+            return False
+        if type(step) is not int or not -_STEP_LIMIT <= step <= _STEP_LIMIT or epoch is not None:
+            position = self._position(tag, step, epoch)
+            if position is _SKIPPED:
+                return False
+            step, epoch = position
+        name, where = hit
         self._add(_new_scalar(_Scalar, (name, number, step, epoch, where, _now())))
         return True
 
@@ -167,7 +188,10 @@ class Translator:
             if epoch is None:
                 epoch = values[EPOCH_KEY]
             values = {key: value for key, value in values.items() if key != EPOCH_KEY}
-        step, epoch = to_step(step), to_epoch(epoch)
+        position = self._position(", ".join(map(str, values)), step, epoch, "values")
+        if position is _SKIPPED:
+            return
+        step, epoch = position
         now = _now()
         routes = self._routes
         batch: list[rec.Record] = []
@@ -181,7 +205,9 @@ class Translator:
             if number is _SKIPPED:
                 continue
             hit = routes.get(tag) if context is None else None
-            name, where = hit if hit is not None else self._where(tag, context)
+            if hit is None and (hit := self._where(tag, context)) is None:
+                continue
+            name, where = hit
             batch.append(_new_scalar(_Scalar, (name, number, step, epoch, where, now)))
         if batch:
             self.sink.submit(batch)
@@ -202,7 +228,14 @@ class Translator:
             return
         if name is None:
             raise TypeError("tracelet: track() needs a name for a single value")
-        where, step, epoch = dict(context or {}), to_step(step), to_epoch(epoch)
+        where = dict(context or {})
+        problem = _unstorable(name, where)
+        position = _SKIPPED if problem else self._position(name, step, epoch)
+        if problem:
+            self.skip(name, problem)
+        if position is _SKIPPED:
+            return
+        step, epoch = position
         try:
             number = to_value(value)
         except Unsupported as exc:
@@ -235,10 +268,15 @@ class Translator:
         self._submit_histogram(tag, counts, span, step, None)
 
     def _submit_histogram(self, tag: str, counts: list[float], span: tuple, step: Any, epoch: Any) -> None:
-        name, where = self._where(tag, None)
-        self.sink.submit(
-            [rec.Histogram(name, counts, span, step=to_step(step), epoch=to_epoch(epoch), context=where)]
-        )
+        if (found := self._placed(tag, step, epoch, "histogram")) is not None:
+            name, where, step, epoch = found
+            self.sink.submit([rec.Histogram(name, counts, span, step=step, epoch=epoch, context=where)])
+
+    def _placed(self, tag: str, step: Any, epoch: Any, kind: str) -> tuple | None:
+        """``(name, context, step, epoch)`` of a rich value, or ``None`` (reported)."""
+        hit = self._where(tag, None, kind, depth=2)
+        position = self._position(tag, step, epoch, kind, depth=2) if hit is not None else _SKIPPED
+        return None if position is _SKIPPED else (*hit, *position)
 
     def image(
         self, tag: str, image: Any, step: Any = None, dataformats: str = "CHW", caption: str = ""
@@ -287,15 +325,17 @@ class Translator:
         self._submit_images(tag, pixels, step)
 
     def _submit_images(self, tag: str, pixels: list[rec.ImageData], step: Any) -> None:
-        name, where = self._where(tag, None)
-        self.sink.submit([rec.Images(name, pixels, step=to_step(step), context=where)])
+        if (found := self._placed(tag, step, None, "image")) is not None:
+            name, where, step, _epoch = found
+            self.sink.submit([rec.Images(name, pixels, step=step, context=where)])
 
     def text(self, tag: str, text: Any, step: Any = None) -> None:
         if not isinstance(text, str):
             self.skip(tag, f"expected a string, got {type(text).__name__}", "text")
             return
-        name, where = self._where(tag, None)
-        self.sink.submit([rec.Text(name, text, step=to_step(step), context=where)])
+        if (found := self._placed(tag, step, None, "text")) is not None:
+            name, where, step, _epoch = found
+            self.sink.submit([rec.Text(name, text, step=step, context=where)])
 
     def audio(
         self, tag: str, samples: Any, step: Any = None, sample_rate: int = 44100, caption: str = ""
@@ -305,8 +345,9 @@ class Translator:
         except Unsupported as exc:
             self.skip(tag, str(exc), "audio")
             return
-        name, where = self._where(tag, None)
-        self.sink.submit([rec.Audio(name, wav, int(sample_rate), caption, step=to_step(step), context=where)])
+        if (found := self._placed(tag, step, None, "audio")) is not None:
+            name, where, step, _epoch = found
+            self.sink.submit([rec.Audio(name, wav, int(sample_rate), caption, step=step, context=where)])
 
     # -- run-level data -----------------------------------------------------------------------------
 
@@ -367,6 +408,27 @@ class Translator:
 
     def close(self, status: str = "finished") -> None:
         self.sink.close(status)
+
+
+#: What a context value may be: aim keys its series by the context, and queries compare them.
+_CONTEXT_TYPES = (str, int, float, bool, type(None))
+
+
+def _unstorable(name: str, context: Mapping[str, Any]) -> str | None:
+    """Why a series ``name`` in ``context`` cannot be stored (``None`` when it can).
+
+    >>> _unstorable("", {}), _unstorable("loss", {"model": object()})[:44]
+    ("an empty name: aim's queries fail on it", "context value 'model' is an object; contexts")
+    """
+    if not name or not name.strip():
+        return "an empty name: aim's queries fail on it"
+    for key, value in context.items():
+        if not isinstance(key, str) or not isinstance(value, _CONTEXT_TYPES):
+            return (
+                f"context value {key!r} is a{'n' if type(value).__name__[0] in 'aeiou' else ''} "
+                f"{type(value).__name__}; contexts hold strings, numbers and booleans"
+            )
+    return None
 
 
 def _tag_labels(values: Mapping[str, Any]) -> list[str]:

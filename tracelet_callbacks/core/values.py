@@ -64,10 +64,16 @@ def to_scalar(value: Any) -> float:
     ...
     tracelet_callbacks.core.values.Unsupported: expected a number, got str
     """
-    kind = type(value)
-    if kind is float:  # the common case first: it is on every logged value's path
+    if type(value) is float:  # the common case first: it is on every logged value's path
         return value
-    if kind is int:
+    try:
+        return _to_float(value)
+    except (TypeError, OverflowError, ValueError) as exc:  # 1j tensors, 10**400, odd number types
+        raise Unsupported(f"{_type_name(value)} cannot be read as a real number ({exc})") from None
+
+
+def _to_float(value: Any) -> float:
+    if type(value) is int:
         return float(value)
     if isinstance(value, bool):
         return 1.0 if value else 0.0
@@ -134,41 +140,65 @@ def to_value(value: Any) -> float | Deferred:
     return to_scalar(value)
 
 
-def to_step(value: Any) -> int | None:
-    """A step or epoch as an int (tensors and numpy ints too); ``None`` when it is not a number.
+#: AIM stores steps and epochs as signed 64-bit integers.
+STEP_LIMIT = 2**63 - 1
 
-    >>> to_step(np.int64(3)), to_step(None), to_step("x")
-    (3, None, None)
+
+def to_step(value: Any) -> int | None:
+    """A step as an int (tensors and numpy ints too); ``None`` (AIM's automatic step) stays ``None``.
+
+    Anything else (a string, NaN, 1.7, a number beyond int64) raises :class:`Unsupported` rather than
+    land silently on some other step.
+
+    >>> to_step(np.int64(3)), to_step(None), to_step(4.0)
+    (3, None, 4)
+    >>> to_step(1.7)
+    Traceback (most recent call last):
+    ...
+    tracelet_callbacks.core.values.Unsupported: a step must be a whole number, got 1.7
     """
-    if value is None:
-        return None
-    if type(value) is int:
+    if value is None or (type(value) is int and -STEP_LIMIT <= value <= STEP_LIMIT):
         return value
-    try:
-        return int(to_scalar(value))
-    except (Unsupported, ValueError, OverflowError):
-        return None
+    number = _position(value, "step")
+    if isinstance(number, float):
+        if not number.is_integer():
+            raise Unsupported(f"a step must be a whole number, got {value!r}")
+        number = int(number)
+    return number
 
 
 def to_epoch(value: Any) -> int | float | None:
     """An epoch: an int, or a float when it is fractional (HF's ``state.epoch`` is 0.25 a quarter
-    into the first epoch, and AIM keeps it so); ``None`` when it is not a finite number.
+    into the first epoch, and AIM keeps it so); ``None`` stays ``None``; the rest raises as
+    :func:`to_step` does.
 
-    >>> to_epoch(2.0), to_epoch(0.25), to_epoch(np.int64(3)), to_epoch(float("nan"))
-    (2, 0.25, 3, None)
+    >>> to_epoch(2.0), to_epoch(0.25), to_epoch(np.int64(3))
+    (2, 0.25, 3)
     """
-    if value is None or type(value) is int:
+    if value is None or (type(value) is int and -STEP_LIMIT <= value <= STEP_LIMIT):
         return value
-    try:
-        number = to_scalar(value)
-    except (Unsupported, ValueError):
-        return None
-    if isinstance(number, float) and not number.is_integer():
-        return number if math.isfinite(number) else None
-    try:
+    number = _position(value, "epoch")
+    if isinstance(number, float) and number.is_integer():
         return int(number)
-    except (ValueError, OverflowError):
-        return None
+    return number
+
+
+def _position(value: Any, what: str) -> int | float:
+    """A step or epoch as an int or a finite float within int64, else :class:`Unsupported`."""
+    if isinstance(value, (str, bytes)) or value is None:
+        raise Unsupported(f"a {what} must be a number, got {_type_name(value)} {value!r}")
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number: int | float = int(value)
+    else:
+        try:
+            number = to_scalar(value)
+        except Unsupported as exc:
+            raise Unsupported(f"a {what} must be a number: {exc}") from None
+        if not math.isfinite(number):
+            raise Unsupported(f"a {what} must be a finite number, got {value!r}")
+    if not -STEP_LIMIT <= number <= STEP_LIMIT:
+        raise Unsupported(f"a {what} must fit in 64 bits, got {value!r}")
+    return number
 
 
 def _numeric_item(item: Any, original: Any) -> float:
@@ -278,6 +308,8 @@ def image_to_pixels(image: Any, dataformats: str = "CHW") -> np.ndarray:
             array = array[:, :, 0]
         elif channels not in (3, 4):
             raise Unsupported(f"expected 1, 3 or 4 channels, got {channels}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise Unsupported(f"an image needs pixels, got height x width {array.shape[0]} x {array.shape[1]}")
     return _to_uint8(array)
 
 
