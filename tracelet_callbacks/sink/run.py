@@ -8,8 +8,10 @@ status, closes the run and indexes it so ``aim.Repo(...).query_metrics(...)`` se
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import os
+import re
 import socket
 import threading
 import warnings
@@ -331,8 +333,9 @@ def _deep_merge(old: dict, new: Any) -> Any:
 
 
 def check_repo_path(repo_path: str) -> str:
-    """The absolute repo folder, created and checked writable (no aim import: the trainer calls it)."""
-    path = os.path.abspath(os.path.expanduser(repo_path))
+    """The repo folder, created and checked writable, and any AIM repo in it checked readable by this
+    aim (no aim import: the trainer calls it, so a broken repo fails where the user can see it)."""
+    path = repo_path  # absolute since the settings were resolved
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".tracelet-write-test-{os.getpid()}")
@@ -344,7 +347,42 @@ def check_repo_path(repo_path: str) -> str:
             f"tracelet: cannot write to repo_path {path!r} ({exc.strerror or exc}); "
             "choose a folder you can write to with repo_path= or TRACELET_AIM_REPO"
         ) from exc
+    repo = os.path.join(path, ".aim")
+    if os.path.lexists(repo) and not os.path.isdir(repo):
+        raise TraceletError(
+            f"tracelet: {repo!r} is not a folder, so it is no AIM repo; move it or choose another repo_path"
+        )
+    version_file = os.path.join(repo, "VERSION")
+    if os.path.exists(version_file):
+        found, supported = _read_version(version_file), _aim_data_version()
+        if found is None or (supported is not None and found > supported):
+            shown = ".".join(map(str, found)) if found else "unreadable"
+            raise TraceletError(
+                f"tracelet: the AIM repo {repo!r} has data version {shown}, which the installed aim "
+                f"(data version {'.'.join(map(str, supported or ()))}) cannot write; upgrade aim or "
+                "choose another repo_path"
+            )
     return path
+
+
+def _read_version(version_file: str) -> tuple[int, ...] | None:
+    try:
+        with open(version_file, encoding="utf-8") as handle:
+            return tuple(int(part) for part in handle.read().strip().split("."))
+    except (OSError, ValueError):
+        return None
+
+
+def _aim_data_version() -> tuple[int, ...] | None:
+    """aim's ``DATA_VERSION``, read from its source so the trainer need not import aim (0.65 s)."""
+    spec = importlib.util.find_spec("aim")
+    folder = os.path.dirname(spec.origin) if spec and spec.origin else None
+    try:
+        with open(os.path.join(folder or "", "sdk", "data_version.py"), encoding="utf-8") as handle:
+            match = re.search(r"DATA_VERSION\s*=\s*\(([\d,\s]+)\)", handle.read())
+    except OSError:
+        return None
+    return tuple(int(part) for part in match[1].split(",") if part.strip()) if match else None
 
 
 def check_server(remote_uri: str) -> None:
