@@ -41,6 +41,8 @@ def only_run(repo_dir: Path):
         ("tracelet.stop_logging()\n", "finished", 0),
         ("# the script forgets stop_logging\n", "finished", 0),
         ("raise RuntimeError('diverged')\n", "failed", 1),
+        ("sys.exit(3)\n", "failed", 3),  # SystemExit never reaches sys.excepthook
+        ("sys.exit(0)\n", "finished", 0),
         ("raise KeyboardInterrupt\n", "interrupted", -signal.SIGINT),  # Python re-raises SIGINT at exit
         (
             "os.kill(os.getpid(), signal.SIGTERM)\nimport time; time.sleep(30)\n",
@@ -48,7 +50,7 @@ def only_run(repo_dir: Path):
             -signal.SIGTERM,
         ),
     ],
-    ids=["stop_logging", "no-stop", "exception", "ctrl-c", "sigterm"],
+    ids=["stop_logging", "no-stop", "exception", "sys.exit(3)", "sys.exit(0)", "ctrl-c", "sigterm"],
 )
 def test_every_ending_keeps_values_and_records_status(
     repo_dir: Path, ending: str, status: str, returncode: int
@@ -126,9 +128,11 @@ def on_term(signum, frame):
 
 sys.excepthook = mine
 signal.signal(signal.SIGTERM, on_term)
+exit_before = sys.exit
 exp = tracelet.Experiment(exit_handlers={flag}, sink_factory=RecordingSink).open()
 exp.log_metric("loss", 1.0)
 print("excepthook kept:", sys.excepthook is mine)
+print("exit kept:", sys.exit is exit_before)
 print("sigterm kept:", signal.getsignal(signal.SIGTERM) is on_term)
 """
 
@@ -144,3 +148,4 @@ def test_exit_handlers_false_leaves_excepthook_and_sigterm_alone(
     assert done.returncode == 0, done.stderr
     assert f"excepthook kept: {kept}" in done.stdout
     assert f"sigterm kept: {kept}" in done.stdout
+    assert f"exit kept: {kept}" in done.stdout

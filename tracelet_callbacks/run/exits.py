@@ -1,10 +1,11 @@
 """Process-exit handling: open runs end with the right status however the process ends.
 
-Normal exit -> ``finished``; an uncaught exception -> ``failed``; Ctrl-C or SIGTERM -> ``interrupted``.
-The exit handler is registered on the first run opened. The ``sys.excepthook`` and SIGTERM handlers
-(which tell a failure from a normal end) are chained onto what was there before, once, on the first
-run opened with ``exit_handlers=True``; with ``exit_handlers=False`` both are left alone, as Lightning
-leaves them to its ``Trainer``, and a run still open at exit is closed ``finished``.
+Normal exit -> ``finished``; an uncaught exception or ``sys.exit(n)`` with ``n`` not 0 -> ``failed``;
+Ctrl-C or SIGTERM -> ``interrupted``.
+The exit handler is registered on the first run opened. ``sys.excepthook``, ``sys.exit`` and the
+SIGTERM handler (which tell a failure from a normal end) are chained onto what was there before,
+once, on the first run opened with ``exit_handlers=True``; with ``exit_handlers=False`` all three are
+left alone, as Lightning leaves them to its ``Trainer``, and a run open at exit is closed ``finished``.
 """
 
 from __future__ import annotations
@@ -53,14 +54,23 @@ def watch(item: _Closable, hooks: bool = True) -> None:
 
 
 def _install_hooks() -> None:
-    previous_hook = sys.excepthook
+    previous_hook, previous_exit = sys.excepthook, sys.exit
 
     def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
         global _exit_status
         _exit_status = "interrupted" if issubclass(kind, KeyboardInterrupt) else "failed"
         previous_hook(kind, value, tb)
 
+    def exit(status: Any = None) -> None:
+        # SystemExit never reaches sys.excepthook, and atexit cannot see the exit code: a script that
+        # gives up with sys.exit(1) ended "failed", not "finished"
+        global _exit_status
+        if status not in (None, 0) and threading.current_thread() is threading.main_thread():
+            _exit_status = "failed"
+        previous_exit(status)
+
     sys.excepthook = excepthook
+    sys.exit = exit
     _install_sigterm()
 
 
