@@ -7,6 +7,7 @@ the seam every entry point takes; the real-AIM round trips live in the adapters'
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,29 @@ def test_pickled_config_with_a_factory_stays_in_the_trainer() -> None:
     config = tracelet.config.resolve({"sink_factory": RecordingSink}, env={})
     sent = wire.Open(config.replace(routing=None, sink_factory=None), [])
     assert pickle.loads(pickle.dumps(sent)).config.sink_factory is None
+
+
+@pytest.mark.slow
+def test_stored_checkpoint_folders_have_their_json_configs_redacted(repo_dir: Path) -> None:
+    from tracelet_callbacks.run.checkpoints import CheckpointStore
+
+    folder = repo_dir / "out" / "checkpoint-2"
+    folder.mkdir(parents=True)
+    config = {"hidden_size": 4, "api_key": "sk-" + "a" * 24, "endpoint": "https://me:pw@host/x"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "weights.bin").write_bytes(b"\x00\x01weights")
+    (folder / "training_args.bin").write_bytes(b"pickle with hub_token")
+    exp = tracelet.Experiment(repo_path=str(repo_dir / "aim"), system_tracking_interval=None)
+    CheckpointStore().store(exp, [str(folder)], "checkpoints", settings={"hub_token": "hf_" + "b" * 30})
+    run_hash = exp.hash
+    exp.close()
+    stored = repo_dir / "aim" / "aim-artifacts" / run_hash / "checkpoints" / "checkpoint-2"
+    assert sorted(p.name for p in stored.iterdir()) == ["config.json", "training_args.json", "weights.bin"]
+    assert json.loads((stored / "config.json").read_text()) == {
+        "hidden_size": 4,
+        "api_key": "<redacted>",
+        "endpoint": "https://me:<redacted>@host/x",
+    }
+    assert (stored / "weights.bin").read_bytes() == b"\x00\x01weights"
+    assert json.loads((stored / "training_args.json").read_text()) == {"hub_token": "<redacted>"}
+    assert (folder / "config.json").read_text() == json.dumps(config)  # the trainer's own copy is untouched

@@ -202,3 +202,21 @@ def test_an_artifact_store_aim_cannot_write_fails_at_construction(entry: str, re
     make: Any = getattr(tracelet, entry)
     with pytest.raises(ValueError, match=r"gs://.*file://, s3://"):
         make(artifacts_uri="gs://bucket/runs")
+
+
+def test_a_link_out_of_a_logged_folder_is_not_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "home" / ".ssh" / "id_rsa"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
+    folder = tmp_path / "outputs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "metrics.json").write_text("{}")
+    (folder / "sub" / "key").symlink_to(secret)  # out of the folder: left out
+    (folder / "latest.json").symlink_to(folder / "metrics.json")  # inside: kept
+    exp, sinks = _recorded()
+    with pytest.warns(TraceletWarning, match=r"1 link\(s\).*sub/key") as caught:
+        stored = exp.log_artifact(folder)
+    assert caught[0].filename == __file__
+    assert sorted(stored) == ["outputs/latest.json", "outputs/metrics.json"]
+    exp.close()
+    assert sorted(record.name for record in sinks[0].of(rec.Artifact)) == sorted(stored)

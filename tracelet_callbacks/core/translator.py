@@ -399,7 +399,16 @@ class Translator:
 
     def artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> list[str]:
         """Copy a file (or every file under a folder) into the artifact store; returns stored names."""
-        batch = [rec.Artifact(source, name) for source, name in artifact_names(path, artifact_path)]
+        outside: list[str] = []
+        pairs = artifact_names(path, artifact_path, outside)
+        if outside:
+            warnings.warn(
+                f"tracelet: {len(outside)} link(s) in {os.fspath(path)!r} point outside it and were not "
+                f"stored: {', '.join(outside[:5])}",
+                TraceletWarning,
+                stacklevel=3,
+            )
+        batch = [rec.Artifact(source, name) for source, name in pairs]
         self.sink.submit(batch)
         return [item.name for item in batch]
 
@@ -435,8 +444,13 @@ def _tag_labels(values: Mapping[str, Any]) -> list[str]:
     return [f"{key}={value}" for key, value in values.items()]
 
 
-def artifact_names(path: str | os.PathLike, artifact_path: str | None = None) -> list[tuple[str, str]]:
+def artifact_names(
+    path: str | os.PathLike, artifact_path: str | None = None, outside: list[str] | None = None
+) -> list[tuple[str, str]]:
     """``(source file, stored name)`` pairs for ``log_artifact``, refusing names that leave the store.
+
+    In a folder, a link whose target lies outside the folder is left out (and added to ``outside``):
+    logging a folder must not copy whatever a link inside it points to.
 
     >>> artifact_names(__file__, "models/")[0][1]
     'models/translator.py'
@@ -447,10 +461,15 @@ def artifact_names(path: str | os.PathLike, artifact_path: str | None = None) ->
     folder = _clean_store_path(artifact_path or "")
     if os.path.isdir(source):
         base = os.path.basename(os.path.normpath(source))
+        inside = os.path.realpath(source) + os.sep
         pairs = []
         for root, _dirs, files in os.walk(source):
             for file in sorted(files):
                 full = os.path.join(root, file)
+                if os.path.islink(full) and not os.path.realpath(full).startswith(inside):
+                    if outside is not None:
+                        outside.append(os.path.relpath(full, source))
+                    continue
                 relative = os.path.relpath(full, source).replace(os.sep, "/")
                 pairs.append(
                     (full, posixpath.join(folder, base, relative) if folder else f"{base}/{relative}")

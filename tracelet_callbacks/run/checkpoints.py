@@ -92,11 +92,14 @@ class CheckpointStore:
 
 
 def scrubbed_checkpoint(path: str, folder: str) -> str:
-    """``path`` itself when it is no torch checkpoint or its saved hyperparameters hold no secret,
-    else a copy with them redacted, written under ``folder`` with the same file name.
+    """``path`` itself when it holds no secret we know how to find, else a redacted copy written under
+    ``folder`` with the same file name: a torch checkpoint's saved hyperparameters, or a JSON config
+    (HF's ``config.json``) as a whole.
 
     Raises whatever loading or saving raises; the caller decides what a failure means.
     """
+    if path.endswith(".json"):
+        return _scrubbed_json(path, folder)
     if not path.endswith(_TORCH_CHECKPOINTS):
         return path
     import torch
@@ -116,4 +119,19 @@ def scrubbed_checkpoint(path: str, folder: str) -> str:
         return path
     target = os.path.join(folder, os.path.basename(path))
     torch.save(checkpoint, target)
+    return target
+
+
+def _scrubbed_json(path: str, folder: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        try:
+            content = json.load(handle)
+        except ValueError:  # not JSON after all (a JSON-lines log ...): nothing we can check
+            return path
+    cleaned, changed = redact(content)
+    if not changed:
+        return path
+    target = os.path.join(folder, os.path.basename(path))
+    with open(target, "w", encoding="utf-8") as handle:
+        json.dump(cleaned, handle, indent=2)
     return target
