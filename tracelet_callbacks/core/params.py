@@ -12,6 +12,7 @@ import argparse
 import copy
 import dataclasses
 import enum
+import json
 import math
 import numbers
 import os
@@ -28,6 +29,7 @@ __all__ = [
     "redact",
     "redact_text",
     "redacted_argv",
+    "scrubbed_json",
     "to_params",
 ]
 
@@ -50,22 +52,55 @@ _SECRET_WORDS = frozenset(
         "accesskey",
         "authorization",
         "bearer",
+        "pwd",
+        "auth",
+        "privatekey",
+        "webhook",
     }
 )
-_SECRET_PAIRS = frozenset(
-    {(first, second) for first in ("api", "access", "private", "auth") for second in ("key", "keys")}
-)
+#: ``<word>_key``: the words before ``key`` that make it a credential (``sort_key`` stays a setting).
+_KEY_OWNERS = (
+    "api", "access", "private", "auth", "ssh", "wandb", "secret", "signing", "encryption", "master",
+    "client", "service", "account", "storage", "subscription", "license", "openai", "anthropic", "hf",
+    "github", "aws", "azure", "gcp", "comet", "neptune", "mlflow", "slack", "stripe",
+)  # fmt: skip
+_SECRET_PAIRS = frozenset({(first, second) for first in _KEY_OWNERS for second in ("key", "keys")})
 _TOKEN_TAIL = "token"
+#: ``token`` followed by one of these names a property of tokens (``token_type_ids``), not a secret.
+_TOKEN_PROPERTIES = frozenset(
+    {"id", "ids", "type", "types", "count", "counts", "length", "len", "limit", "size", "index", "embeddings"}
+)
 #: Tokenizer settings that end in "token" but hold vocabulary entries such as "<s>", not secrets.
 _VOCABULARY_TOKENS = frozenset(
     {"bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token"}
 )
 
-#: Whole values that are secrets wherever they appear (well-known token shapes).
+#: Values that are secrets wherever they appear (well-known token shapes), inside any text.
 _TOKEN_VALUE = re.compile(
-    r"^(?:sk-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|xox[abpr]-[A-Za-z0-9\-]{10,}"
-    r"|AKIA[0-9A-Z]{16}|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})$"
+    r"(?<![A-Za-z0-9_\-])(?:sk-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|xox[abpr]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}"
+    r"|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})(?![A-Za-z0-9_\-])"
 )
+#: A PEM private key block (terminated or cut off).
+_PRIVATE_KEY = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)", re.S
+)
+#: ``Bearer <token>`` in a header or a command line.
+_BEARER = re.compile(r"(?P<head>\b[Bb]earer\s+)[A-Za-z0-9\-._~+/]+=*")
+#: Query parameters that carry credentials: ``?api_key=``, ``&token=``, Azure SAS ``sig=`` ...
+_QUERY_SECRET = re.compile(
+    r"(?P<head>[?&;](?:[A-Za-z0-9_.\-]*(?:key|token|secret|password|passwd|pwd|auth|credential|sig|signature)"
+    r"[A-Za-z0-9_.\-]*)=)[^&#\s]+",
+    re.I,
+)
+#: ``password=hunter2`` / ``api_key: abc`` in free text.
+_ASSIGNED_SECRET = re.compile(
+    r"(?P<head>\b(?:password|passwd|pwd|secret|api[_\-]?key|access[_\-]?key|token)\s*[=:]\s*)"
+    r"(?!<redacted>)[^\s,;&'\"]+",
+    re.I,
+)
+#: Webhook URLs whose path is the credential (Slack, Discord).
+_WEBHOOK = re.compile(r"(?P<head>hooks\.slack\.com/services/|discord(?:app)?\.com/api/webhooks/)\S+", re.I)
 #: ``scheme://user:password@host`` -> the password part.
 _URL_PASSWORD = re.compile(
     r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(?P<pw>\S+)(?P<tail>@)(?=[^@\s/]+(?:[/\s?#]|$))"
@@ -90,16 +125,28 @@ def is_secret_key(key: Any) -> bool:
         return False
     if _SECRET_WORDS.intersection(words) or words[-1].endswith(_TOKEN_TAIL):
         return True
+    for i, word in enumerate(words[:-1]):  # ``auth_token_list``; not ``token_type_ids``
+        if word == _TOKEN_TAIL and words[i + 1] not in _TOKEN_PROPERTIES:
+            return True
     return any(tuple(words[i : i + 2]) in _SECRET_PAIRS for i in range(len(words) - 1))
 
 
 def redact_text(text: str) -> str:
-    """Hide URL passwords, URL tokens (``https://<token>@host``) and well-known token shapes."""
-    if _TOKEN_VALUE.match(text):
-        return REDACTED
+    """Hide the secrets a string can carry: private key blocks, bearer tokens, URL passwords and URL
+    tokens, credential query parameters, ``password=...`` assignments, webhook paths, and well-known
+    token shapes anywhere in it.
+
+    >>> redact_text("curl -H 'Authorization: Bearer abc.def' https://x.io/a?api_key=123&page=2")
+    "curl -H 'Authorization: Bearer <redacted>' https://x.io/a?api_key=<redacted>&page=2"
+    """
+    if "PRIVATE KEY" in text:
+        text = _PRIVATE_KEY.sub(REDACTED, text)
+    text = _TOKEN_VALUE.sub(REDACTED, text)
     if "://" in text and "@" in text:
         text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}{m['tail']}", text)
-        return _URL_TOKEN.sub(lambda m: f"{m['head']}{REDACTED}@", text)
+        text = _URL_TOKEN.sub(lambda m: f"{m['head']}{REDACTED}@", text)
+    for pattern in (_BEARER, _QUERY_SECRET, _ASSIGNED_SECRET, _WEBHOOK):
+        text = pattern.sub(lambda m: f"{m['head']}{REDACTED}", text)
     return text
 
 
@@ -125,8 +172,8 @@ def redact(value: Any) -> tuple[Any, bool]:
 
     >>> redact({"lr": 0.1, "api_key": "abc", "db": ["postgresql://me:pw@h/d"]})
     ({'lr': 0.1, 'api_key': '<redacted>', 'db': ['postgresql://me:<redacted>@h/d']}, True)
-    >>> redact({"lr": 0.1, "hub_token": None, "auth": {"user": "me", "password": ""}})
-    ({'lr': 0.1, 'hub_token': None, 'auth': {'user': 'me', 'password': ''}}, False)
+    >>> redact({"lr": 0.1, "hub_token": None, "login": {"user": "me", "password": ""}})
+    ({'lr': 0.1, 'hub_token': None, 'login': {'user': 'me', 'password': ''}}, False)
     >>> redact({"credentials": {"user": "me", "key": "abc"}})
     ({'credentials': {'user': '<redacted>', 'key': '<redacted>'}}, True)
     """
@@ -178,7 +225,7 @@ def _rebuilt(value: Any, secret: bool, depth: int) -> Any:
         new = _rebuilt(inner, secret, depth)
         return value if new is inner else argparse.Namespace(**new)
     if isinstance(value, (list, tuple)):
-        names = getattr(value, "_fields", None) or [""] * len(value)  # a namedtuple's fields are keys
+        names = _item_names(value)
         items = [item(name, inner) for name, inner in zip(names, value, strict=True)]
         if all(new is inner for new, inner in zip(items, value, strict=True)):
             return value
@@ -192,6 +239,21 @@ def _rebuilt(value: Any, secret: bool, depth: int) -> Any:
     for name, new in changes.items():
         object.__setattr__(result, name, new)  # frozen dataclasses too
     return result
+
+
+def _item_names(items: Any) -> list[Any]:
+    """The keys a sequence's items sit under: a namedtuple's fields, and for a ``(name, value)`` pair
+    such as ``("password", x)`` its first item names the second; else none.
+
+    >>> _item_names(("password", "x")), _item_names([1, 2, 3])
+    (['', 'password'], ['', '', ''])
+    """
+    fields = getattr(items, "_fields", None)
+    if fields:
+        return list(fields)
+    if len(items) == 2 and isinstance(items[0], str):
+        return ["", items[0]]
+    return [""] * len(items)
 
 
 def _unwrap(obj: Any) -> Any:
@@ -246,7 +308,11 @@ def _converted(value: Any, depth: int) -> Any:
         items = list(unwrapped)
         if isinstance(unwrapped, (set, frozenset)):
             items = sorted(items, key=repr)
-        converted = [_walk(item, False, depth + 1, keep=False) for item in items[:MAX_LIST_ITEMS]]
+        names = _item_names(items)
+        converted = [
+            _walk(item, bool(name) and is_secret_key(name), depth + 1, keep=False)
+            for name, item in zip(names[:MAX_LIST_ITEMS], items[:MAX_LIST_ITEMS], strict=True)
+        ]
         if len(items) > MAX_LIST_ITEMS:
             converted.append(f"... {len(items) - MAX_LIST_ITEMS} more")
         return converted
@@ -331,3 +397,28 @@ def redacted_argv(argv: list[str]) -> list[str]:
                 continue
         out.append(redact_text(arg))
     return out
+
+
+#: JSON files up to this size are read and redacted before they are stored; larger ones (data, not
+#: configs) are stored as they are.
+JSON_SCRUB_LIMIT = 16 << 20
+
+
+def scrubbed_json(path: str, folder: str) -> str:
+    """``path`` itself when it is no JSON config or holds no secret, else a redacted copy written under
+    ``folder`` with the same file name (HF's ``config.json``, a run's ``settings.json`` ...)."""
+    try:
+        if os.path.getsize(path) > JSON_SCRUB_LIMIT:
+            return path
+        with open(path, encoding="utf-8") as handle:
+            content = json.load(handle)
+    except (OSError, ValueError):  # not JSON after all (JSON lines, a binary): nothing we can check
+        return path
+    cleaned, changed = redact(content)
+    if not changed:
+        return path
+    os.makedirs(folder, exist_ok=True)
+    target = os.path.join(folder, os.path.basename(path))
+    with open(target, "w", encoding="utf-8") as handle:
+        json.dump(cleaned, handle, indent=2)
+    return target

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -17,7 +18,7 @@ from typing import Any
 
 from ..errors import TraceletValueError, TraceletWarning
 from . import records as rec
-from .params import to_params
+from .params import redact, redact_text, scrubbed_json, to_params
 from .routing import RoutingTable, make_table
 from .values import (
     STEP_LIMIT,
@@ -117,6 +118,8 @@ class Translator:
         if hit is None:
             found = self.table(tag)
             where = {**self.base_context, **found.context, **(context or {})}
+            if context:  # the user's own context: no secret goes into a series' key either
+                where = redact(where)[0]
             problem = _unstorable(found.name, where)
             if problem:
                 self.skip(tag, problem, kind, depth=depth)
@@ -228,7 +231,7 @@ class Translator:
             return
         if name is None:
             raise TypeError("tracelet: track() needs a name for a single value")
-        where = dict(context or {})
+        where = redact(dict(context or {}))[0]
         problem = _unstorable(name, where)
         position = _SKIPPED if problem else self._position(name, step, epoch)
         if problem:
@@ -335,7 +338,8 @@ class Translator:
             return
         if (found := self._placed(tag, step, None, "text")) is not None:
             name, where, step, _epoch = found
-            self.sink.submit([rec.Text(name, text, step=step, context=where)])
+            # logged text is free text: a pasted header or command line may carry a credential
+            self.sink.submit([rec.Text(name, redact_text(text), step=step, context=where)])
 
     def audio(
         self, tag: str, samples: Any, step: Any = None, sample_rate: int = 44100, caption: str = ""
@@ -408,8 +412,15 @@ class Translator:
                 TraceletWarning,
                 stacklevel=3,
             )
-        batch = [rec.Artifact(source, name) for source, name in pairs]
-        self.sink.submit(batch)
+        # a JSON config goes in redacted; the sink has copied every artifact when submit returns
+        with tempfile.TemporaryDirectory(prefix="tracelet-scrub-") as scratch:
+            batch = [
+                rec.Artifact(scrubbed_json(source, os.path.join(scratch, str(i))), name)
+                if source.endswith(".json")
+                else rec.Artifact(source, name)
+                for i, (source, name) in enumerate(pairs)
+            ]
+            self.sink.submit(batch)
         return [item.name for item in batch]
 
     def flush(self) -> None:

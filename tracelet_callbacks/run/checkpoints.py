@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
-from ..core.params import redact, to_params
+from ..core.params import redact, scrubbed_json, to_params
 from ..errors import TraceletError, WarnOnce
 from .experiment import Experiment
 
@@ -99,7 +99,7 @@ def scrubbed_checkpoint(path: str, folder: str) -> str:
     Raises whatever loading or saving raises; the caller decides what a failure means.
     """
     if path.endswith(".json"):
-        return _scrubbed_json(path, folder)
+        return scrubbed_json(path, folder)
     if not path.endswith(_TORCH_CHECKPOINTS):
         return path
     import torch
@@ -119,19 +119,4 @@ def scrubbed_checkpoint(path: str, folder: str) -> str:
         return path
     target = os.path.join(folder, os.path.basename(path))
     torch.save(checkpoint, target)
-    return target
-
-
-def _scrubbed_json(path: str, folder: str) -> str:
-    with open(path, encoding="utf-8") as handle:
-        try:
-            content = json.load(handle)
-        except ValueError:  # not JSON after all (a JSON-lines log ...): nothing we can check
-            return path
-    cleaned, changed = redact(content)
-    if not changed:
-        return path
-    target = os.path.join(folder, os.path.basename(path))
-    with open(target, "w", encoding="utf-8") as handle:
-        json.dump(cleaned, handle, indent=2)
     return target
