@@ -191,10 +191,11 @@ class Translator:
             if epoch is None:
                 epoch = values[EPOCH_KEY]
             values = {key: value for key, value in values.items() if key != EPOCH_KEY}
-        position = self._position(", ".join(map(str, values)), step, epoch, "values")
-        if position is _SKIPPED:
+        try:
+            step, epoch = to_step(step), to_epoch(epoch)
+        except Unsupported as exc:  # the tags are named only then: this runs once per training step
+            self.skip(", ".join(map(str, values)), str(exc), "values")
             return
-        step, epoch = position
         now = _now()
         routes = self._routes
         batch: list[rec.Record] = []
