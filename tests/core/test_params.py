@@ -153,6 +153,15 @@ SECRET_KEYS = [
     "access_token",
     "client_secret",
     "Authorization",
+    "pwd",
+    "db_pwd",
+    "auth",
+    "http_auth",
+    "wandb_key",
+    "ssh_key",
+    "auth_token_list",
+    "use_auth_token",
+    "slack_webhook",
 ]
 HARMLESS_KEYS = [
     "pad_token_id",
@@ -163,6 +172,14 @@ HARMLESS_KEYS = [
     "key_dim",
     "max_new_tokens",
     "token_id",
+    "token_dropout",
+    "token_budget",
+    "token_embedding_dim",
+    "token_type_ids",
+    "auth_type",
+    "author",
+    "sort_key",
+    "special_tokens",
 ]
 
 
@@ -323,3 +340,48 @@ def test_git_info_of_a_repository_with_a_secret_in_its_origin(
     )
     git("checkout", "-q", "--detach")
     assert _git_info()["branch"] == "HEAD"
+
+
+@pytest.mark.parametrize(
+    ("text", "hidden", "kept"),
+    [
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIEabc\n-----END RSA PRIVATE KEY-----", "MIIEabc", ""),
+        ("key: -----BEGIN OPENSSH PRIVATE KEY-----\ncut off", "cut off", "key: "),
+        ("Authorization: Bearer abc.def-ghi", "abc.def-ghi", "Authorization: Bearer"),
+        ("https://api.x.io/v1?api_key=K3Y&page=2", "K3Y", "page=2"),
+        ("https://a.blob.core.windows.net/c?sv=2020&sig=S1G%2B", "S1G", "sv=2020"),
+        ("https://h.io/cb?access_token=T0K", "T0K", "https://h.io/cb"),
+        ("connect with password=hunter2 then retry", "hunter2", "then retry"),
+        ("password: 1234", "1234", "password"),
+        ("token=abc", "abc", "token="),
+        ("https://hooks.slack.com/services/T00/B00/XXYYZZ", "XXYYZZ", "hooks.slack.com/services/"),
+        ("export OPENAI_API_KEY=" + OPENAI_LIKE + " && run", OPENAI_LIKE, "&& run"),
+        ("cfg " + HF_LIKE + ".", HF_LIKE, "cfg "),
+    ],
+)
+def test_secret_shapes_inside_text_are_hidden(text: str, hidden: str, kept: str) -> None:
+    out = redact_text(text)
+    assert hidden not in out and REDACTED in out
+    assert kept in out
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["token: 512", "max token: 512", "ratio: 0.3", "tokenizer=bert-base", "https://github.com/o/r", "x@y"],
+)
+def test_ordinary_text_is_left_as_it_is(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_a_name_value_pair_hides_its_value() -> None:
+    assert to_params({"pairs": [("password", "p4ss"), ("lr", 0.1)]}) == {
+        "pairs": [["password", REDACTED], ["lr", 0.1]]
+    }
+
+
+def test_int_beyond_int64_is_stored_as_its_digits() -> None:
+    assert to_params({"seed": 2**70, "ok": 2**62, "list": [-(2**64)]}) == {
+        "seed": str(2**70),
+        "ok": 2**62,
+        "list": [str(-(2**64))],
+    }

@@ -52,8 +52,6 @@ _SECRET_WORDS = frozenset(
         "accesskey",
         "authorization",
         "bearer",
-        "pwd",
-        "auth",
         "privatekey",
         "webhook",
     }
@@ -66,10 +64,11 @@ _KEY_OWNERS = (
 )  # fmt: skip
 _SECRET_PAIRS = frozenset({(first, second) for first in _KEY_OWNERS for second in ("key", "keys")})
 _TOKEN_TAIL = "token"
-#: ``token`` followed by one of these names a property of tokens (``token_type_ids``), not a secret.
-_TOKEN_PROPERTIES = frozenset(
-    {"id", "ids", "type", "types", "count", "counts", "length", "len", "limit", "size", "index", "embeddings"}
-)
+#: ``token`` followed by one of these still holds tokens (``auth_token_list``); followed by anything else
+#: it names a hyperparameter about tokens (``token_dropout``, ``token_type_ids``).
+_TOKEN_HOLDERS = frozenset({"list", "lists", "dict", "map", "value", "values", "string", "str", "env"})
+#: Words that make a secret only as the key's last word: ``pwd``, ``http_auth`` (not ``auth_type``).
+_SECRET_LAST_WORDS = frozenset({"pwd", "auth"})
 #: Tokenizer settings that end in "token" but hold vocabulary entries such as "<s>", not secrets.
 _VOCABULARY_TOKENS = frozenset(
     {"bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token"}
@@ -93,11 +92,14 @@ _QUERY_SECRET = re.compile(
     r"[A-Za-z0-9_.\-]*)=)[^&#\s]+",
     re.I,
 )
-#: ``password=hunter2`` / ``api_key: abc`` in free text.
+#: ``password=hunter2`` / ``api_key: abc`` in free text; ``token: 512`` (a count) is left alone.
 _ASSIGNED_SECRET = re.compile(
-    r"(?P<head>\b(?:password|passwd|pwd|secret|api[_\-]?key|access[_\-]?key|token)\s*[=:]\s*)"
+    r"(?P<head>\b(?:password|passwd|pwd|secret|api[_\-]?key|access[_\-]?key)\s*[=:]\s*)"
     r"(?!<redacted>)[^\s,;&'\"]+",
     re.I,
+)
+_ASSIGNED_TOKEN = re.compile(
+    r"(?P<head>\btoken\s*[=:]\s*)(?!<redacted>)(?![-+]?[0-9][0-9.]*(?:[\s,;&'\"]|$))[^\s,;&'\"]+", re.I
 )
 #: Webhook URLs whose path is the credential (Slack, Discord).
 _WEBHOOK = re.compile(r"(?P<head>hooks\.slack\.com/services/|discord(?:app)?\.com/api/webhooks/)\S+", re.I)
@@ -125,8 +127,10 @@ def is_secret_key(key: Any) -> bool:
         return False
     if _SECRET_WORDS.intersection(words) or words[-1].endswith(_TOKEN_TAIL):
         return True
-    for i, word in enumerate(words[:-1]):  # ``auth_token_list``; not ``token_type_ids``
-        if word == _TOKEN_TAIL and words[i + 1] not in _TOKEN_PROPERTIES:
+    if words[-1] in _SECRET_LAST_WORDS:
+        return True
+    for i, word in enumerate(words[:-1]):  # ``auth_token_list``; not ``token_dropout``
+        if word == _TOKEN_TAIL and words[i + 1] in _TOKEN_HOLDERS:
             return True
     return any(tuple(words[i : i + 2]) in _SECRET_PAIRS for i in range(len(words) - 1))
 
@@ -145,7 +149,7 @@ def redact_text(text: str) -> str:
     if "://" in text and "@" in text:
         text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}{m['tail']}", text)
         text = _URL_TOKEN.sub(lambda m: f"{m['head']}{REDACTED}@", text)
-    for pattern in (_BEARER, _QUERY_SECRET, _ASSIGNED_SECRET, _WEBHOOK):
+    for pattern in (_BEARER, _QUERY_SECRET, _ASSIGNED_SECRET, _ASSIGNED_TOKEN, _WEBHOOK):
         text = pattern.sub(lambda m: f"{m['head']}{REDACTED}", text)
     return text
 
