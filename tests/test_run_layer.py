@@ -206,3 +206,29 @@ def test_stored_checkpoint_folders_have_their_json_configs_redacted(repo_dir: Pa
     assert (stored / "weights.bin").read_bytes() == b"\x00\x01weights"
     assert json.loads((stored / "training_args.json").read_text()) == {"hub_token": "<redacted>"}
     assert (folder / "config.json").read_text() == json.dumps(config)  # the trainer's own copy is untouched
+
+
+def test_nested_contexts_of_plain_values_are_kept() -> None:
+    sinks: list[RecordingSink] = []
+    exp = tracelet.Experiment(sink_factory=lambda c: sinks.append(RecordingSink(c)) or sinks[-1])
+    exp.log_metric("loss", 1.0, context={"model": {"size": "L"}, "layers": [1, 2]})
+    exp.close()
+    assert [r.context for r in sinks[0].scalars()] == [{"model": {"size": "L"}, "layers": [1, 2]}]
+
+
+class _FailingClose(RecordingSink):
+    def close(self, status: str = "finished") -> None:
+        super().close(status)
+        raise tracelet.TraceletError("tracelet: the server went away")
+
+
+def test_a_run_whose_close_fails_is_still_continued_next() -> None:
+    from tracelet_callbacks.config import resolve
+
+    events: list = []
+    runs = RunLifecycle(resolve({"sink_factory": lambda c: _FailingClose(c, events)}, env={}))
+    runs.current().log_metric("loss", 1.0)
+    first = runs.hash
+    with pytest.raises(tracelet.TraceletError):
+        runs.end("finished")
+    assert runs.hash == first  # the next stage continues it rather than starting a new run

@@ -227,21 +227,29 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
         raise ValueError(f"tracelet: writer must be one of {', '.join(WRITER_MODES)}, got {cfg.writer!r}")
     if not isinstance(cfg.repo_path, (str, os.PathLike)):
         raise ValueError(f"tracelet: repo_path must be a path, got {type(cfg.repo_path).__name__}")
+    changes: dict[str, Any] = {}
     for flag in sorted(_FLAGS):
-        if not isinstance(getattr(cfg, flag), bool):
-            raise ValueError(f"tracelet: {flag} must be True or False, got {getattr(cfg, flag)!r}")
+        value = getattr(cfg, flag)
+        if type(value) is int and value in (0, 1):  # strict=1, as people write it
+            changes[flag] = bool(value)
+        elif not isinstance(value, bool):
+            raise ValueError(f"tracelet: {flag} must be True or False, got {value!r}")
     if cfg.sink_factory is not None and not callable(cfg.sink_factory):
         raise ValueError(f"tracelet: sink_factory must be callable, got {type(cfg.sink_factory).__name__}")
-    for text in ("experiment_name", "run_name", "run_hash"):
+    for text in ("experiment_name", "run_name"):  # a number or a Path names a run as well as a string
         value = getattr(cfg, text)
         if value is not None and not isinstance(value, str):
-            raise ValueError(f"tracelet: {text} must be a string, got {type(value).__name__}")
+            if not isinstance(value, (int, float, os.PathLike)) or isinstance(value, bool):
+                raise ValueError(f"tracelet: {text} must be a string, got {type(value).__name__}")
+            changes[text] = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    if cfg.run_hash is not None and not isinstance(cfg.run_hash, str):
+        raise ValueError(f"tracelet: run_hash must be a string, got {type(cfg.run_hash).__name__}")
     try:
         make_table(cfg.routing)
     except TypeError as exc:
         raise ValueError(f"tracelet: {exc}") from None
     repo_path = os.path.abspath(os.path.expanduser(os.fspath(cfg.repo_path)))
-    changes: dict[str, Any] = {"repo_path": repo_path, "system_tracking_interval": interval}
+    changes.update(repo_path=repo_path, system_tracking_interval=interval)
     if cfg.remote_uri is not None:
         changes["remote_uri"] = normalise_remote(cfg.remote_uri)
     if cfg.tags is not None and not isinstance(cfg.tags, (Mapping, list, tuple, set, str)):
@@ -249,7 +257,10 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
     if cfg.artifacts_uri is not None and "://" not in str(cfg.artifacts_uri):
         # a bare folder is what people type; aim wants a scheme
         changes["artifacts_uri"] = "file://" + os.path.abspath(str(cfg.artifacts_uri))
-    elif cfg.artifacts_uri is not None and str(cfg.artifacts_uri).split("://")[0] not in ARTIFACT_SCHEMES:
+    elif (
+        cfg.artifacts_uri is not None
+        and str(cfg.artifacts_uri).split("://")[0].lower() not in ARTIFACT_SCHEMES
+    ):
         raise ValueError(
             f"tracelet: artifacts_uri {cfg.artifacts_uri!r} is not a store aim can write; use one of "
             + ", ".join(f"{scheme}://" for scheme in ARTIFACT_SCHEMES)

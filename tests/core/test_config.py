@@ -213,10 +213,10 @@ def test_repo_path_is_made_absolute_once(tmp_path: Path, monkeypatch: pytest.Mon
         ({"log_model": "best"}, "log_model"),
         ({"writer": "fast"}, "writer"),
         ({"strict": "maybe"}, "strict"),
-        ({"exit_handlers": 1}, "exit_handlers"),
+        ({"exit_handlers": 2}, "exit_handlers"),
         ({"routing": 42}, "routing"),
         ({"sink_factory": "recording"}, "sink_factory"),
-        ({"run_name": 7}, "run_name"),
+        ({"run_name": ["a"]}, "run_name"),
     ],
 )
 def test_a_config_object_with_a_bad_value_fails_when_coerced(changes: dict, key: str) -> None:
@@ -235,3 +235,9 @@ def test_replace_names_an_unknown_key() -> None:
 def test_exit_handlers_from_the_environment() -> None:
     assert resolve(env={"TRACELET_EXIT_HANDLERS": "0"}).exit_handlers is False
     assert resolve(env={}).exit_handlers is True
+
+
+def test_names_and_flags_in_the_forms_people_write_them() -> None:
+    cfg = resolve({"run_name": 3, "experiment_name": Path("exp"), "strict": 1}, env={})
+    assert (cfg.run_name, cfg.experiment_name, cfg.strict) == ("3", "exp", True)
+    assert resolve({"artifacts_uri": "FILE:///tmp/store"}, env={}).artifacts_uri == "FILE:///tmp/store"

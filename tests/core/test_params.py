@@ -353,7 +353,10 @@ def test_git_info_of_a_repository_with_a_secret_in_its_origin(
         ("https://h.io/cb?access_token=T0K", "T0K", "https://h.io/cb"),
         ("connect with password=hunter2 then retry", "hunter2", "then retry"),
         ("password: 1234", "1234", "password"),
-        ("token=abc", "abc", "token="),
+        ("see ?token=abc&x=1", "abc", "&x=1"),
+        ("DB_PASSWORD=hunter2 OPENAI_API_KEY=k3y", "hunter2", "DB_PASSWORD="),
+        ("{'password': 'hunter2'}", "hunter2", "{'password': '"),
+        ("https://maps.example.com/api?key=AIzaSyA1&zoom=3", "AIzaSyA1", "zoom=3"),
         ("https://hooks.slack.com/services/T00/B00/XXYYZZ", "XXYYZZ", "hooks.slack.com/services/"),
         ("export OPENAI_API_KEY=" + OPENAI_LIKE + " && run", OPENAI_LIKE, "&& run"),
         ("cfg " + HF_LIKE + ".", HF_LIKE, "cfg "),
@@ -367,7 +370,16 @@ def test_secret_shapes_inside_text_are_hidden(text: str, hidden: str, kept: str)
 
 @pytest.mark.parametrize(
     "text",
-    ["token: 512", "max token: 512", "ratio: 0.3", "tokenizer=bert-base", "https://github.com/o/r", "x@y"],
+    [
+        "token: 512",
+        "max token: 512",
+        "ratio: 0.3",
+        "tokenizer=bert-base",
+        "https://github.com/o/r",
+        "x@y",
+        "?tokenizer=bert&author=me&design=a&monkey=1&signature_version=v4",
+        "the Bearer of bad news",
+    ],
 )
 def test_ordinary_text_is_left_as_it_is(text: str) -> None:
     assert redact_text(text) == text
@@ -377,6 +389,23 @@ def test_a_name_value_pair_hides_its_value() -> None:
     assert to_params({"pairs": [("password", "p4ss"), ("lr", 0.1)]}) == {
         "pairs": [["password", REDACTED], ["lr", 0.1]]
     }
+    assert to_params({"levels": ["token", "sentence"]}) == {"levels": ["token", "sentence"]}  # a list
+
+
+def test_only_json_settings_files_are_scrubbed(tmp_path: Any) -> None:
+    from tracelet_callbacks.core.params import scrubbed_json
+
+    content = {"token": 5, "password": 7, "hidden": 4, "api_key": "k"}
+    for name in ("config.json", "adapter_config.json", "vocab.json", "tokenizer_config.json", "data.json"):
+        (tmp_path / name).write_text(json.dumps(content))
+    scratch = str(tmp_path / "scratch")
+    scrubbed = {name: scrubbed_json(str(tmp_path / name), scratch) for name in ("config.json", "vocab.json")}
+    assert json.loads(Path(scrubbed["config.json"]).read_text())["api_key"] == REDACTED
+    assert scrubbed["vocab.json"] == str(tmp_path / "vocab.json")  # words as keys: stored as it is
+    assert scrubbed_json(str(tmp_path / "tokenizer_config.json"), scratch) == str(
+        tmp_path / "tokenizer_config.json"
+    )
+    assert scrubbed_json(str(tmp_path / "data.json"), scratch) == str(tmp_path / "data.json")
 
 
 def test_int_beyond_int64_is_stored_as_its_digits() -> None:

@@ -66,7 +66,7 @@ _SECRET_PAIRS = frozenset({(first, second) for first in _KEY_OWNERS for second i
 _TOKEN_TAIL = "token"
 #: ``token`` followed by one of these still holds tokens (``auth_token_list``); followed by anything else
 #: it names a hyperparameter about tokens (``token_dropout``, ``token_type_ids``).
-_TOKEN_HOLDERS = frozenset({"list", "lists", "dict", "map", "value", "values", "string", "str", "env"})
+_TOKEN_HOLDERS = frozenset({"list", "lists", "dict", "map", "string", "str", "env"})
 #: Words that make a secret only as the key's last word: ``pwd``, ``http_auth`` (not ``auth_type``).
 _SECRET_LAST_WORDS = frozenset({"pwd", "auth"})
 #: Tokenizer settings that end in "token" but hold vocabulary entries such as "<s>", not secrets.
@@ -85,21 +85,18 @@ _PRIVATE_KEY = re.compile(
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)", re.S
 )
 #: ``Bearer <token>`` in a header or a command line.
-_BEARER = re.compile(r"(?P<head>\b[Bb]earer\s+)[A-Za-z0-9\-._~+/]+=*")
-#: Query parameters that carry credentials: ``?api_key=``, ``&token=``, Azure SAS ``sig=`` ...
-_QUERY_SECRET = re.compile(
-    r"(?P<head>[?&;](?:[A-Za-z0-9_.\-]*(?:key|token|secret|password|passwd|pwd|auth|credential|sig|signature)"
-    r"[A-Za-z0-9_.\-]*)=)[^&#\s]+",
-    re.I,
-)
-#: ``password=hunter2`` / ``api_key: abc`` in free text; ``token: 512`` (a count) is left alone.
+_BEARER = re.compile(r"(?P<head>\b[Bb]earer\s+)[A-Za-z0-9\-._~+/]{8,}=*")
+#: A query parameter (``?name=value``); its value is hidden when the name is a secret's (see
+#: :func:`is_secret_key`) or one of :data:`_QUERY_SECRET_NAMES`.
+_QUERY_PARAM = re.compile(r"(?P<head>[?&;](?P<name>[A-Za-z0-9_.\-]+)=)(?P<value>[^&#\s]+)")
+#: Query parameter names that carry credentials though they look harmless: Azure SAS ``sig``, Google's
+#: ``key``, AWS's ``X-Amz-Signature`` / ``X-Amz-Credential``.
+_QUERY_SECRET_NAMES = frozenset({"sig", "signature", "key", "x-amz-signature", "x-amz-credential", "code"})
+#: ``password=hunter2``, ``DB_PASSWORD=...``, ``api_key: abc`` in free text.
 _ASSIGNED_SECRET = re.compile(
-    r"(?P<head>\b(?:password|passwd|pwd|secret|api[_\-]?key|access[_\-]?key)\s*[=:]\s*)"
+    r"(?P<head>(?<![A-Za-z0-9])(?:password|passwd|pwd|secret|api[_\-]?key|access[_\-]?key)['\"]?\s*[=:]\s*['\"]?)"
     r"(?!<redacted>)[^\s,;&'\"]+",
     re.I,
-)
-_ASSIGNED_TOKEN = re.compile(
-    r"(?P<head>\btoken\s*[=:]\s*)(?!<redacted>)(?![-+]?[0-9][0-9.]*(?:[\s,;&'\"]|$))[^\s,;&'\"]+", re.I
 )
 #: Webhook URLs whose path is the credential (Slack, Discord).
 _WEBHOOK = re.compile(r"(?P<head>hooks\.slack\.com/services/|discord(?:app)?\.com/api/webhooks/)\S+", re.I)
@@ -140,7 +137,7 @@ def redact_text(text: str) -> str:
     tokens, credential query parameters, ``password=...`` assignments, webhook paths, and well-known
     token shapes anywhere in it.
 
-    >>> redact_text("curl -H 'Authorization: Bearer abc.def' https://x.io/a?api_key=123&page=2")
+    >>> redact_text("curl -H 'Authorization: Bearer abc.defghi' https://x.io/a?api_key=123&page=2")
     "curl -H 'Authorization: Bearer <redacted>' https://x.io/a?api_key=<redacted>&page=2"
     """
     if "PRIVATE KEY" in text:
@@ -149,9 +146,17 @@ def redact_text(text: str) -> str:
     if "://" in text and "@" in text:
         text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}{m['tail']}", text)
         text = _URL_TOKEN.sub(lambda m: f"{m['head']}{REDACTED}@", text)
-    for pattern in (_BEARER, _QUERY_SECRET, _ASSIGNED_SECRET, _ASSIGNED_TOKEN, _WEBHOOK):
+    if "=" in text and ("?" in text or "&" in text):
+        text = _QUERY_PARAM.sub(_query_value, text)
+    for pattern in (_BEARER, _ASSIGNED_SECRET, _WEBHOOK):
         text = pattern.sub(lambda m: f"{m['head']}{REDACTED}", text)
     return text
+
+
+def _query_value(match: re.Match) -> str:
+    name = match["name"]
+    secret = is_secret_key(name) or name.lower() in _QUERY_SECRET_NAMES
+    return f"{match['head']}{REDACTED}" if secret and match["value"] != REDACTED else match[0]
 
 
 def to_params(obj: Any) -> Any:
@@ -249,14 +254,14 @@ def _item_names(items: Any) -> list[Any]:
     """The keys a sequence's items sit under: a namedtuple's fields, and for a ``(name, value)`` pair
     such as ``("password", x)`` its first item names the second; else none.
 
-    >>> _item_names(("password", "x")), _item_names([1, 2, 3])
-    (['', 'password'], ['', '', ''])
+    >>> _item_names(("password", "x")), _item_names(["token", "sentence"])
+    (['', 'password'], ['', ''])
     """
     fields = getattr(items, "_fields", None)
     if fields:
         return list(fields)
-    if len(items) == 2 and isinstance(items[0], str):
-        return ["", items[0]]
+    if isinstance(items, tuple) and len(items) == 2 and isinstance(items[0], str):
+        return ["", items[0]]  # a tuple, not a list: ``["token", "sentence"]`` is a list of names
     return [""] * len(items)
 
 
@@ -312,7 +317,7 @@ def _converted(value: Any, depth: int) -> Any:
         items = list(unwrapped)
         if isinstance(unwrapped, (set, frozenset)):
             items = sorted(items, key=repr)
-        names = _item_names(items)
+        names = _item_names(unwrapped)
         converted = [
             _walk(item, bool(name) and is_secret_key(name), depth + 1, keep=False)
             for name, item in zip(names[:MAX_LIST_ITEMS], items[:MAX_LIST_ITEMS], strict=True)
@@ -408,9 +413,24 @@ def redacted_argv(argv: list[str]) -> list[str]:
 JSON_SCRUB_LIMIT = 16 << 20
 
 
+#: JSON files that hold settings (``config.json``, ``adapter_config.json``, ``settings.json``,
+#: ``hparams.json`` ...), as opposed to data whose keys are words (a tokenizer's ``vocab.json``).
+_CONFIG_FILE = re.compile(
+    r"(?:config|settings|args|arguments|params|hparams|hyperparameters)[^/\\]*\.json$", re.I
+)
+_DATA_FILE = re.compile(r"(?:token|vocab|merges)[^/\\]*$", re.I)
+
+
 def scrubbed_json(path: str, folder: str) -> str:
     """``path`` itself when it is no JSON config or holds no secret, else a redacted copy written under
-    ``folder`` with the same file name (HF's ``config.json``, a run's ``settings.json`` ...)."""
+    ``folder`` with the same file name (HF's ``config.json``, a run's ``settings.json`` ...).
+
+    Only settings files are read: in a tokenizer's ``vocab.json`` the keys are words, and hiding the
+    ids of ``"token"`` or ``"password"`` would break the tokenizer.
+    """
+    name = os.path.basename(path)
+    if not _CONFIG_FILE.search(name) or _DATA_FILE.search(name):
+        return path
     try:
         if os.path.getsize(path) > JSON_SCRUB_LIMIT:
             return path

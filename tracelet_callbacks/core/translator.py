@@ -444,12 +444,27 @@ def _unstorable(name: str, context: Mapping[str, Any]) -> str | None:
     if not name or not name.strip():
         return "an empty name: aim's queries fail on it"
     for key, value in context.items():
-        if not isinstance(key, str) or not isinstance(value, _CONTEXT_TYPES):
+        odd = _odd_leaf(value)
+        if not isinstance(key, str) or odd is not None:
+            kind = type(odd).__name__
             return (
-                f"context value {key!r} is a{'n' if type(value).__name__[0] in 'aeiou' else ''} "
-                f"{type(value).__name__}; contexts hold strings, numbers and booleans"
+                f"context value {key!r} is a{'n' if kind[0] in 'aeiou' else ''} {kind}; contexts hold "
+                "strings, numbers, booleans and lists or dicts of them"
             )
     return None
+
+
+def _odd_leaf(value: Any) -> Any:
+    """The first value inside ``value`` that a context cannot hold (``None`` when all can)."""
+    if isinstance(value, _CONTEXT_TYPES):
+        return None
+    if isinstance(value, Mapping):
+        items = list(value.values()) if all(isinstance(key, str) for key in value) else [value]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        return value
+    return next((odd for item in items if (odd := _odd_leaf(item)) is not None), None)
 
 
 def _tag_labels(values: Mapping[str, Any]) -> list[str]:

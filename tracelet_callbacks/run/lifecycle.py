@@ -130,6 +130,12 @@ class RunLifecycle:
         return self.run_name if self.enabled else None
 
     @property
+    def known_hash(self) -> str | None:
+        """The hash already known without making or opening anything (a copy's run, the setting)."""
+        exp = self._exp
+        return self._resume or (exp.config.run_hash if exp is not None else None) or self.config.run_hash
+
+    @property
     def handle(self) -> RunHandle:
         """``aim.Run``'s writing surface that always follows the current run."""
         return RunHandle(self)
@@ -152,9 +158,9 @@ class RunLifecycle:
         if exp is None or not exp.enabled:
             return
         run_hash = exp.hash if exp.is_open else exp.config.run_hash
-        exp.close(status)
-        if not self._finished:
+        if not self._finished:  # set first: a close that fails still leaves the run to continue
             self._resume = self._ended = run_hash
+        exp.close(status)
 
     def finish(self, status: str = "finished") -> None:
         """Close the current run for good: values are dropped (one warning) until :meth:`next_run`."""

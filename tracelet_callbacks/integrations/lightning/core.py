@@ -2,9 +2,8 @@
 
 ``lightning`` and ``pytorch_lightning`` ship two copies of the same classes, and a trainer of one
 wants a logger of the same package. This module imports neither: :mod:`.logger` and
-:mod:`.pytorch_lightning` each combine :class:`AimLoggerCore` with their
-package's ``Logger`` in a few lines. (Both packages share one ``rank_zero_only`` from
-``lightning_utilities``, so one set of rank-zero decorators serves both.)
+:mod:`.pytorch_lightning` each combine :class:`AimLoggerCore` with their package's ``Logger``. (Both
+share one ``rank_zero_only`` from ``lightning_utilities``, so one set of decorators serves both.)
 
 **How the logger sees the trainer.** Lightning gives a logger no trainer. ``Trainer._run`` (lightning
 2.x) calls it in this order:
@@ -41,6 +40,7 @@ from typing import Any, ClassVar
 from lightning_utilities.core.rank_zero import rank_zero_only
 
 from ...config import TraceletConfig, coerce
+from ...core.records import normalise_status
 from ...core.translator import Translator
 from ...errors import TraceletError, WarnOnce
 from ...run.checkpoints import CheckpointStore
@@ -118,7 +118,7 @@ class AimLoggerCore:
     def version(self) -> str | None:
         """The AIM run hash (opens the run on rank 0; the known hash, or ``None``, elsewhere)."""
         if _rank() > 0:
-            return self._config.run_hash
+            return self._runs.known_hash
         self._live()  # made here, so the checkpoint's run is the one named
         return self._runs.hash  # the writer opens the run in the background; the hash waits for it
 
@@ -217,10 +217,12 @@ class AimLoggerCore:
             return  # no run was ever needed
         if status == "failed" and isinstance(sys.exc_info()[1], KeyboardInterrupt):
             status = "interrupted"  # Lightning says "failed" for Ctrl-C too
-        if status not in ("success", "finished", "interrupted", "killed"):
+        try:
+            status = normalise_status(status)
+        except ValueError:
             status = "failed"
         exp = self._runs.current()
-        if exp.is_open and status in ("success", "finished") and self._config.log_model is True:
+        if exp.is_open and status == "finished" and self._config.log_model is True:
             for callback in self._checkpoint_callbacks:
                 files = checkpoint_files(callback, everything=False)
                 self._checkpoints.store(exp, files, CHECKPOINT_FOLDER)
