@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import TraceletValueError, TraceletWarning
+from ..errors import TraceletValueError, TraceletWarning, WarnOnce
 from . import records as rec
 from .params import redact, redact_text, scrubbed_json, to_params
 from .routing import RoutingTable, make_table
@@ -49,7 +49,6 @@ _now = time.time
 
 #: How many distinct tags keep their route cached (a tag per step would otherwise grow it forever).
 _ROUTE_CACHE = 65536
-_STEP_LIMIT = STEP_LIMIT
 
 log = logging.getLogger("tracelet_callbacks")
 
@@ -77,7 +76,7 @@ class Translator:
         self.table: RoutingTable = make_table(routing)
         self.strict = strict
         self.base_context = dict(context or {})
-        self._warned: set[tuple[str, str]] = set()
+        self._warn = WarnOnce()
         # tag, or (tag, *context items) -> (metric name, context); contexts are shared, never changed
         self._routes: dict[Any, tuple[str, dict[str, Any]]] = {}
 
@@ -91,17 +90,11 @@ class Translator:
         message = f"tracelet: skipped {kind} for {tag!r}: {reason}"
         if self.strict:
             raise TraceletValueError(message)
-        if (tag, kind) in self._warned:
-            return
-        self._warned.add((tag, kind))
-        warnings.warn(message + " (reported once per tag)", TraceletWarning, stacklevel=4 + depth)
+        self._warn((tag, kind), message + " (reported once per tag)", stacklevel=4 + depth)
 
     def notice(self, feature: str, reason: str) -> None:
         """Say once that a feature is kept out of AIM (it stays wherever else it was written)."""
-        if ("notice", feature) in self._warned:
-            return
-        self._warned.add(("notice", feature))
-        warnings.warn(f"tracelet: {feature} is not sent to AIM: {reason}", TraceletWarning, stacklevel=4)
+        self._warn(("notice", feature), f"tracelet: {feature} is not sent to AIM: {reason}", stacklevel=4)
 
     # -- scalars ------------------------------------------------------------------------------------
 
@@ -162,7 +155,7 @@ class Translator:
         hit = self._routes.get(tag) if context is None else None
         if hit is None and (hit := self._where(tag, context)) is None:
             return False
-        if type(step) is not int or not -_STEP_LIMIT <= step <= _STEP_LIMIT or epoch is not None:
+        if type(step) is not int or not -STEP_LIMIT <= step <= STEP_LIMIT or epoch is not None:
             position = self._position(tag, step, epoch)
             if position is _SKIPPED:
                 return False
