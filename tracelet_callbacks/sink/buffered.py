@@ -160,18 +160,21 @@ class BufferedSink(Sink):
 
     def _acknowledge(self, seq: int, failures: int, error: BaseException | str | None) -> None:
         with self._acked:
+            watched = seq in self._watched  # someone waits for this one's outcome (an artifact)
+            report = failures and not self._reported
+            self._reported = self._reported or bool(failures)
+        if report:  # said before the batch counts as done, so a flush() that waited for it has seen it
+            shown = None if watched else error
+            log.error("tracelet: writing to AIM failed: %s (training goes on)", shown)
+            warnings.warn(
+                f"tracelet: writing to AIM failed ({shown}); training goes on", TraceletWarning, stacklevel=2
+            )
+        with self._acked:
             self._in_flight.pop(seq, None)
             self._failures = max(self._failures, failures)
-            if seq in self._watched:  # someone waits for this one's outcome (an artifact)
+            if watched:
                 self._replies[seq] = (error,)
-                error = None
             self._acked.notify_all()
-        if failures and not self._reported:
-            self._reported = True
-            log.error("tracelet: writing to AIM failed: %s (training goes on)", error)
-            warnings.warn(
-                f"tracelet: writing to AIM failed ({error}); training goes on", TraceletWarning, stacklevel=2
-            )
 
     def _wait_durable(self, timeout: float) -> None:
         self._wait_for(lambda: not self._in_flight, "confirm a write", timeout)
