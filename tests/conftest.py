@@ -11,6 +11,12 @@ import pytest
 import tracelet_callbacks as tracelet
 
 
+@pytest.fixture(autouse=True)
+def _no_system_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs record no system metrics unless a test asks (they would add records to every run)."""
+    monkeypatch.setenv("TRACELET_SYSTEM_TRACKING_INTERVAL", "off")
+
+
 @pytest.fixture
 def repo_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty folder to hold the AIM repo; also the working directory, as in the seed's scripts."""

@@ -79,6 +79,8 @@ class Translator:
         self._warn = WarnOnce()
         # tag, or (tag, *context items) -> (metric name, context); contexts are shared, never changed
         self._routes: dict[Any, tuple[str, dict[str, Any]]] = {}
+        #: The last step a scalar was logged at (the system monitor reads it for the step time).
+        self.last_step: int | None = None
 
     # -- the skip-or-raise policy -------------------------------------------------------------------
 
@@ -161,6 +163,7 @@ class Translator:
                 return False
             step, epoch = position
         name, where = hit
+        self.last_step = step
         self._add(_new_scalar(_Scalar, (name, number, step, epoch, where, _now())))
         return True
 
@@ -207,6 +210,7 @@ class Translator:
             name, where = hit
             batch.append(_new_scalar(_Scalar, (name, number, step, epoch, where, now)))
         if batch:
+            self.last_step = step
             self.sink.submit(batch)
 
     def track(

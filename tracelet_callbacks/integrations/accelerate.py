@@ -66,7 +66,7 @@ class TraceletAimTracker(GeneralTracker):
         """``aim.Run``'s writing surface over this run; a do-nothing stand-in before ``start()`` and on
         other processes."""
         if not self._runs.started:
-            return Experiment(self._config, enabled=False).run
+            return self._runs.stand_in.run
         return self._runs.handle
 
     @property

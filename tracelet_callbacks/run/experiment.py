@@ -18,6 +18,7 @@ from ..core import records as rec
 from ..core.translator import Translator
 from ..errors import TraceletError, TraceletWarning
 from . import exits
+from .monitor import SystemMonitor, monitor
 
 __all__ = ["Experiment", "RunHandle", "active", "swap_active"]
 
@@ -56,6 +57,7 @@ class Experiment:
         self._closed = False
         self._warned_closed = False
         self._lock = threading.RLock()
+        self._monitor: SystemMonitor | bool | None = None  # False: asked, and sampling is off
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -78,7 +80,27 @@ class Experiment:
             self._live = self._translator
             self._translator.tags(self.config.tags)
             exits.watch(self, hooks=self.config.exit_handlers)
+            if (system := self._system()) is not None:
+                translator = self._translator
+                system.attach(sink, lambda: translator.last_step)
         return self
+
+    def _system(self) -> SystemMonitor | None:
+        found = self._monitor
+        if found is None:
+            found = self._monitor = monitor(self.config) or False
+        return found or None
+
+    def note_step(self, step: int | None) -> None:
+        """A training step was reached: feeds this rank's step time (nothing when system metrics are off).
+
+        Adapters call it on every rank, so a rank that writes nothing still reports how fast it goes.
+        """
+        found = self._monitor
+        if found is None:
+            found = self._system()
+        if found:
+            found.note_step(step)
 
     @property
     def translator(self) -> Translator | None:
@@ -114,9 +136,11 @@ class Experiment:
         return self
 
     def flush(self) -> None:
-        """Make everything logged so far durable."""
+        """Make everything logged so far durable (on a stand-in: hand this rank's system sample on now)."""
         if self._opened and not self._closed:
             self._sink.flush()
+        elif not self.enabled and (system := self._system()) is not None:
+            system.flush()
 
     def close(self, status: str = "finished") -> None:
         """Flush, record ``status`` (``finished``, ``failed``, ``interrupted``, ``killed``), close, index."""
@@ -128,6 +152,8 @@ class Experiment:
             self._live = None
             exits.forget(self)
             if self._opened:
+                if self._monitor:
+                    self._monitor.detach(self._sink)
                 self._sink.close(status)
 
     def __enter__(self) -> Experiment:
@@ -158,6 +184,7 @@ class Experiment:
         context: Mapping[str, Any] | None = None,
     ) -> None:
         """One scalar; ``train/loss`` lands in metric ``loss`` with context ``{"subset": "train"}``."""
+        self.note_step(iteration)
         if (translator := self.translator) is not None:
             translator.scalar(name, value, iteration, epoch, context)
 
@@ -165,6 +192,7 @@ class Experiment:
         self, metrics: Mapping[str, Any], step: int | None = None, *, epoch: int | None = None
     ) -> None:
         """Many scalars at one step."""
+        self.note_step(step)
         if (translator := self.translator) is not None:
             translator.scalars(metrics, step, epoch)
 

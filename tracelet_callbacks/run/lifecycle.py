@@ -57,6 +57,7 @@ class RunLifecycle:
         self._ended: str | None = None  # the last run ended, whatever comes next
         self._runs = 0  # experiments made; the ``run_hash`` setting names the first one only
         self._finished = False
+        self._stand_in: Experiment | None = None
 
     # -- the current run ----------------------------------------------------------------------------
 
@@ -136,6 +137,13 @@ class RunLifecycle:
         return self._resume or (exp.config.run_hash if exp is not None else None) or self.config.run_hash
 
     @property
+    def stand_in(self) -> Experiment:
+        """A do-nothing experiment for a rank > 0 (its steps still feed that rank's system metrics)."""
+        if self._stand_in is None:
+            self._stand_in = Experiment(self.config, enabled=False)
+        return self._stand_in
+
+    @property
     def handle(self) -> RunHandle:
         """``aim.Run``'s writing surface that always follows the current run."""
         return RunHandle(self)
@@ -182,5 +190,5 @@ class RunLifecycle:
         if exp is not None and exp.enabled and not exp.closed:
             state["_resume"] = exp.hash if exp.is_open else exp.config.run_hash
             state["_runs"] = max(state["_runs"], 1)
-        state["_exp"] = None
+        state["_exp"] = state["_stand_in"] = None
         return state

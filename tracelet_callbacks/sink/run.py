@@ -105,7 +105,8 @@ class AimSink(Sink):
                 run_hash=cfg.run_hash,
                 repo=repo,
                 experiment=cfg.experiment_name,
-                system_tracking_interval=cfg.system_tracking_interval,
+                # aim's collector measures the process it runs in (the writer): ours samples the trainer
+                system_tracking_interval=None,
                 log_system_params=False,  # aim's own collector needs pkg_resources (gone in setuptools 81)
                 capture_terminal_logs=cfg.capture_terminal_logs,
             )

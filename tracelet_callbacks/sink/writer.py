@@ -114,6 +114,7 @@ class _Worker:
         finally:
             os.close(to_worker_r)
             os.close(from_worker_w)
+        _WRITER_PIDS.add(self.proc.pid)
         self.out = to_worker_w  # written by one sink at a time, under its send lock
         self.inp = from_worker_r  # read by that sink's reply thread
         self.owner = os.getpid()
@@ -146,6 +147,15 @@ class _Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+#: Writer processes this process started (the system monitor leaves them out of the trainer's figures).
+_WRITER_PIDS: set[int] = set()
+
+
+def writer_pids() -> frozenset[int]:
+    """The pids of the writer processes this process started (finished ones included)."""
+    return frozenset(_WRITER_PIDS)
 
 
 # A writer whose run closed cleanly waits here for this process's next run (the next fold, trial or

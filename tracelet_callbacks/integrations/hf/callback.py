@@ -230,8 +230,13 @@ class TraceletCallback(TrainerCallback):
             self._checkpoints.store(self._runs.current(), [folder], "checkpoints", settings=args)
             self._runs.flush()
 
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # every rank: the step time of each rank comes from here (one assignment per step)
+        self._runs.current().note_step(state.global_step)
+
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if not self._is_main(state):
+            self._runs.current().flush()  # hands this rank's last system sample to rank 0
             return
         self._training = False
         translator = self._translator(state)

@@ -16,9 +16,8 @@ share one ``rank_zero_only`` from ``lightning_utilities``, so one set of decorat
 5. ``finalize("success")`` at the end of each fit / validate / test, ``finalize("failed")`` on an
    exception.
 
-``log_graph`` is the first call that carries the trainer (``module.trainer``): there the logger stores
-the trainer's configuration, the optimizers and schedulers (built in step 2 while fitting; a strategy
-that builds them later gets them stored at the first ``log_metrics``) and the parameter counts.
+``log_graph`` is the first call that carries the trainer (``module.trainer``): the trainer's settings,
+optimizers and schedulers (or, if built later, at the first ``log_metrics``) and parameter counts.
 
 **Resuming.** ``version`` (the AIM run hash) is asked before Lightning reads the checkpoint, so the
 run that wrote each checkpoint is recorded beside it and found again from the ``Trainer._run`` frame
@@ -50,6 +49,7 @@ from .info import (
     CHECKPOINT_INDEX,
     checkpoint_files,
     checkpoint_summary,
+    foreign_checkpoint,
     index_checkpoints,
     model_params,
     optimizer_params,
@@ -140,10 +140,9 @@ class AimLoggerCore:
     def experiment(self) -> RunHandle:
         """The run handle (``track``, ``run[key] = value`` ...); a do-nothing stand-in on non-zero ranks.
 
-        Lightning's own ``_DummyExperiment`` would answer ``hash`` with a function; ours answers ``None``.
-        """
+        (Lightning's ``_DummyExperiment`` answers ``hash`` with a function; ours answers ``None``.)"""
         if _rank() > 0:
-            return Experiment(self._config, enabled=False).run
+            return self._runs.stand_in.run
         self._live()
         return self._runs.handle
 
@@ -157,9 +156,13 @@ class AimLoggerCore:
         if metrics:
             translator.scalars(metrics)
 
-    @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Scalars at ``step``, routed by the core; Lightning's ``epoch`` key becomes AIM's epoch."""
+        """Scalars at ``step``, routed by the core; Lightning's ``epoch`` key becomes AIM's epoch.
+
+        Called on every rank: the other ranks note the step for their step time and write nothing."""
+        if _rank() > 0:
+            self._runs.stand_in.note_step(step)
+            return
         translator = self._translator()
         if translator is None:
             return
@@ -181,7 +184,8 @@ class AimLoggerCore:
         if trainer is None:
             return
         self._trainer_ref = weakref.ref(trainer)
-        self._check_checkpoint_run(trainer)
+        if (message := foreign_checkpoint(trainer, self._config.run_hash, self.version)) is not None:
+            self._warn("checkpoint run", message)
         stage = getattr(getattr(trainer, "state", None), "fn", None)
         fitting = getattr(stage, "value", stage) == "fit"
         if fitting or not self._trainer_stored:  # a test-only run gets the test trainer's settings
@@ -208,11 +212,14 @@ class AimLoggerCore:
         """Nothing: Lightning calls this after every ``log_metrics``, and a flush here would cost a round
         trip to the writer per step. Values become durable within ``flush_secs`` and at ``finalize``."""
 
-    @rank_zero_only
     def finalize(self, status: str) -> None:
         """Close the run with ``status`` (``success`` -> ``finished``), storing ``log_model=True`` models.
 
-        A later ``validate`` / ``test`` with this logger continues the same run."""
+        A later ``validate`` / ``test`` with this logger continues the same run. Other ranks hand their
+        last system sample to rank 0 here."""
+        if _rank() > 0:
+            self._runs.stand_in.flush()
+            return
         if not self._runs.started:
             return  # no run was ever needed
         if status == "failed" and isinstance(sys.exc_info()[1], KeyboardInterrupt):
@@ -242,16 +249,6 @@ class AimLoggerCore:
         translator.params(optimizers, key="optimizers")
         if schedulers:
             translator.params(schedulers, key="schedulers")
-
-    def _check_checkpoint_run(self, trainer: Any) -> None:
-        recorded = run_of_checkpoint(getattr(trainer, "ckpt_path", None))
-        if recorded and self._config.run_hash is None and recorded != self.version:
-            self._warn(
-                "checkpoint run",
-                f"tracelet: the checkpoint being loaded belongs to AIM run {recorded}, but this logger "
-                f"already writes to run {self.version} (its run was opened before fit); pass "
-                f"run_hash={recorded!r} to continue that run",
-            )
 
     def __getstate__(self) -> dict[str, Any]:
         """Live handles stay behind; the run travels by hash (see :class:`RunLifecycle`)."""

@@ -21,6 +21,7 @@ __all__ = [
     "CHECKPOINT_INDEX",
     "checkpoint_files",
     "checkpoint_summary",
+    "foreign_checkpoint",
     "index_checkpoints",
     "model_params",
     "optimizer_params",
@@ -237,3 +238,15 @@ def running_trainer(logger: Any, trainer_type: type | None, known: Any = None) -
         frame = frame.f_back
     trainer = known() if known is not None else None
     return trainer, getattr(trainer, "ckpt_path", None)
+
+
+def foreign_checkpoint(trainer: Any, run_hash_setting: str | None, version: str | None) -> str | None:
+    """What to say when the checkpoint a trainer loads belongs to another run than the logger's."""
+    recorded = run_of_checkpoint(getattr(trainer, "ckpt_path", None))
+    if not recorded or run_hash_setting is not None or recorded == version:
+        return None
+    return (
+        f"tracelet: the checkpoint being loaded belongs to AIM run {recorded}, but this logger already "
+        f"writes to run {version} (its run was opened before fit); pass run_hash={recorded!r} to continue "
+        "that run"
+    )
