@@ -46,6 +46,9 @@ class TraceletConfig:
         capture_terminal_logs: also store the process's stdout / stderr in the run (off by default: a
             shared UI is no place for whatever a script prints).
         log_model: ``False``, ``True`` (best and last checkpoints at the end) or ``"all"`` (each).
+        watch: ``"gradients"``, ``"parameters"`` or ``"all"``: the Lightning logger and the Hugging Face
+            callback watch the trained model without a call (see ``watch()``); ``None``: only when asked.
+        watch_freq: write gradient / weight norms and histograms every this many optimizer steps.
         strict: raise on values we would otherwise skip with a warning.
         routing: override the tag -> (name, context) rules (see ``core.routing.make_table``).
         writer: where AIM writes happen: ``"process"`` (a writer process fed through a pipe, so the
@@ -70,6 +73,8 @@ class TraceletConfig:
     system_tracking_interval: float | None = 10.0
     capture_terminal_logs: bool = False
     log_model: bool | str = False
+    watch: str | None = None
+    watch_freq: int = 100
     strict: bool = False
     routing: Any = None
     writer: str = "process"
@@ -96,6 +101,9 @@ _NULLABLE = frozenset(
     {f.name for f in dataclasses.fields(TraceletConfig) if f.default is None} | {"system_tracking_interval"}
 )
 
+#: Settings whose default is on, so that ``None`` given as a keyword turns them off.
+_OFF_BY_NONE = frozenset({"system_tracking_interval"})
+
 #: Settings that are true or false; a string such as "no" in a config dict is read as the env is.
 _FLAGS = frozenset({"capture_terminal_logs", "strict", "exit_handlers"})
 
@@ -116,10 +124,15 @@ ENV_VARS: dict[str, str] = {
     "TRACELET_SYSTEM_TRACKING_INTERVAL": "system_tracking_interval",
     "TRACELET_CAPTURE_TERMINAL_LOGS": "capture_terminal_logs",
     "TRACELET_LOG_MODEL": "log_model",
+    "TRACELET_WATCH": "watch",
+    "TRACELET_WATCH_FREQ": "watch_freq",
     "TRACELET_STRICT": "strict",
     "TRACELET_WRITER": "writer",
     "TRACELET_EXIT_HANDLERS": "exit_handlers",
 }
+
+#: What ``watch`` takes (see :class:`TraceletConfig`).
+WATCH_CHOICES: tuple[str | None, ...] = ("gradients", "parameters", "all", None)
 
 #: The writer modes (see :class:`TraceletConfig`).
 WRITER_MODES: tuple[str, ...] = ("process", "thread", "sync")
@@ -143,8 +156,8 @@ def resolve(
         raw = env.get(variable)
         if raw not in (None, ""):
             merged[key] = _from_env(key, raw, variable)
-    # In a config dict an explicit None is a value ("no system tracking"); a keyword left at None
-    # is simply not given.
+    # In a config dict an explicit None is a value ("no remote"); a keyword left at None is simply not
+    # given, except where None is the way to turn a default off (system_tracking_interval=None).
     for source, none_counts in ((config or {}), True), ((kwargs or {}), False):
         if not isinstance(source, Mapping):
             raise TypeError(f"tracelet: config must be a dict, got {type(source).__name__}")
@@ -153,7 +166,7 @@ def resolve(
                 raise unknown_key_error(str(key))
             if key in _FLAGS and isinstance(value, str):  # "false" in a config file means False
                 value = _from_env(key, value, f"{key} in config")
-            if value is not None or (none_counts and key in _NULLABLE):
+            if value is not None or (key in _NULLABLE and (none_counts or key in _OFF_BY_NONE)):
                 merged[key] = value
     return _validated(TraceletConfig(**merged))
 
@@ -182,8 +195,10 @@ def coerce(
 def _from_env(key: str, raw: str, variable: str) -> Any:
     raw = raw.strip()
     try:
-        if key == "buffer_size":
+        if key in ("buffer_size", "watch_freq"):
             return int(raw)
+        if key == "watch":
+            return None if raw.lower() in ("", "none", "off", "false", "0") else raw
         if key == "flush_secs":
             return float(raw)
         if key == "system_tracking_interval":
@@ -223,6 +238,10 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
         raise ValueError(f"tracelet: system_tracking_interval must be positive or None, got {interval!r}")
     if not (isinstance(cfg.log_model, bool) or cfg.log_model == "all"):
         raise ValueError(f"tracelet: log_model must be False, True or 'all', got {cfg.log_model!r}")
+    if cfg.watch not in WATCH_CHOICES:
+        raise ValueError(f"tracelet: watch must be one of {WATCH_CHOICES}, got {cfg.watch!r}")
+    if not isinstance(cfg.watch_freq, int) or isinstance(cfg.watch_freq, bool) or cfg.watch_freq < 1:
+        raise ValueError(f"tracelet: watch_freq must be a positive int, got {cfg.watch_freq!r}")
     if cfg.writer not in WRITER_MODES:
         raise ValueError(f"tracelet: writer must be one of {', '.join(WRITER_MODES)}, got {cfg.writer!r}")
     if not isinstance(cfg.repo_path, (str, os.PathLike)):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["TraceletError", "TraceletValueError", "TraceletWarning", "WarnOnce"]
 
@@ -41,3 +43,13 @@ class WarnOnce:
         self._said.add(key)
         warnings.warn(message, TraceletWarning, stacklevel=stacklevel + 1)
         return True
+
+    def guard(self, what: str, action: Callable[..., Any], *args: Any) -> None:
+        """Run ``action(*args)``; a failure (the artifact store cannot be written ...) is one warning
+        per ``what`` and training goes on. ``strict=True``'s own error passes through."""
+        try:
+            action(*args)
+        except TraceletValueError:
+            raise
+        except Exception as exc:
+            self(what, f"tracelet: {what} failed ({exc}); training goes on", stacklevel=2)

@@ -13,7 +13,7 @@ import posixpath
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..errors import TraceletValueError, TraceletWarning, WarnOnce
@@ -81,6 +81,8 @@ class Translator:
         self._routes: dict[Any, tuple[str, dict[str, Any]]] = {}
         #: The last step a scalar was logged at (the system monitor reads it for the step time).
         self.last_step: int | None = None
+        #: Called with (name, value, step) for a NaN or infinite scalar while a model is watched.
+        self.watch_loss: Callable[[str, float, Any], None] | None = None
 
     # -- the skip-or-raise policy -------------------------------------------------------------------
 
@@ -164,6 +166,8 @@ class Translator:
             step, epoch = position
         name, where = hit
         self.last_step = step
+        if self.watch_loss is not None and type(number) is float and number - number != 0.0:
+            self.watch_loss(name, number, step)  # NaN or inf, while watch() looks for them
         self._add(_new_scalar(_Scalar, (name, number, step, epoch, where, _now())))
         return True
 
@@ -194,6 +198,7 @@ class Translator:
             return
         now = _now()
         routes = self._routes
+        watch = self.watch_loss
         batch: list[rec.Record] = []
         for tag, value in values.items():
             if type(tag) is not str:
@@ -208,6 +213,8 @@ class Translator:
             if hit is None and (hit := self._where(tag, context)) is None:
                 continue
             name, where = hit
+            if watch is not None and type(number) is float and number - number != 0.0:
+                watch(name, number, step)
             batch.append(_new_scalar(_Scalar, (name, number, step, epoch, where, now)))
         if batch:
             self.last_step = step

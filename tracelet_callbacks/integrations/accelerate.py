@@ -112,6 +112,16 @@ class TraceletAimTracker(GeneralTracker):
                 translator.image(str(key), image, step, dataformats, caption=str(caption))
 
     @on_main_process
+    def watch(self, model: Any, log: str | None = "gradients", log_freq: int = 100) -> None:
+        """As :meth:`tracelet_callbacks.Experiment.watch`: norms, histograms and NaN checks of ``model``
+        (``accelerator.prepare``'d or not) every ``log_freq`` optimizer steps, counted from this call."""
+        self._runs.watch(model, log, log_freq)
+
+    @on_main_process
+    def unwatch(self, model: Any = None) -> None:
+        self._runs.unwatch(model)
+
+    @on_main_process
     def finish(self) -> None:
         """Flush, record status ``finished``, close and index the run (``Accelerator.end_training``)."""
         if self._runs.started:

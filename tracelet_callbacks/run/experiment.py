@@ -19,6 +19,7 @@ from ..core.translator import Translator
 from ..errors import TraceletError, TraceletWarning
 from . import exits
 from .monitor import SystemMonitor, monitor
+from .watch import Watchers
 
 __all__ = ["Experiment", "RunHandle", "active", "swap_active"]
 
@@ -58,6 +59,7 @@ class Experiment:
         self._warned_closed = False
         self._lock = threading.RLock()
         self._monitor: SystemMonitor | bool | None = None  # False: asked, and sampling is off
+        self._watchers = Watchers()
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -151,6 +153,9 @@ class Experiment:
             self._closed = True
             self._live = None
             exits.forget(self)
+            if self._watchers:
+                self._watchers.drain()
+                self._watchers.remove()
             if self._opened:
                 if self._monitor:
                     self._monitor.detach(self._sink)
@@ -206,6 +211,21 @@ class Experiment:
         """A dict (queryable as ``run["tags"]["key"]`` and shown as ``key=value``) or a list of tags."""
         if (translator := self.translator) is not None:
             translator.tags(tags)
+
+    def watch(self, model: Any, log: str | None = "gradients", log_freq: int = 100) -> None:
+        """Track ``model``'s per-layer gradient and / or weight norms (metrics) and histograms
+        (distributions) every ``log_freq`` optimizer steps, and report the first NaN / inf gradient or
+        loss (warning + run param ``health``); see :mod:`tracelet_callbacks.run.watch`.
+
+        ``log``: ``"gradients"``, ``"parameters"``, ``"all"`` or ``None`` (the health check only).
+        Steps are counted from this call. Nothing happens on a disabled stand-in.
+        """
+        if self.enabled:
+            self._watchers.add(model, lambda: self.translator if not self._closed else None, log, log_freq)
+
+    def unwatch(self, model: Any = None) -> None:
+        """Remove the hooks of :meth:`watch` for ``model`` (``None``: every watched model)."""
+        self._watchers.remove(model)
 
     # -- handles ------------------------------------------------------------------------------------
 

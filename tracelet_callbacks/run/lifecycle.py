@@ -36,6 +36,7 @@ from typing import Any
 from ..config import TraceletConfig
 from ..core.records import normalise_status
 from .experiment import Experiment, RunHandle
+from .watch import Watchers
 
 __all__ = ["RunLifecycle"]
 
@@ -58,6 +59,7 @@ class RunLifecycle:
         self._runs = 0  # experiments made; the ``run_hash`` setting names the first one only
         self._finished = False
         self._stand_in: Experiment | None = None
+        self._watchers = Watchers()
 
     # -- the current run ----------------------------------------------------------------------------
 
@@ -157,11 +159,27 @@ class RunLifecycle:
         if self._exp is not None:
             self._exp.flush()
 
+    def watch(
+        self, model: Any, log: str | None, log_freq: int, steps_done: Callable[[], Any] | None = None
+    ) -> None:
+        """Watch ``model`` into whichever run is current (see :meth:`Experiment.watch`); ``steps_done``
+        gives the trainer's optimizer steps completed, so the watcher's steps are the trainer's."""
+        if self.enabled:
+            self._watchers.add(model, self._watch_target, log, log_freq, steps_done=steps_done)
+
+    def unwatch(self, model: Any = None) -> None:
+        self._watchers.remove(model)
+
+    def _watch_target(self) -> Any:
+        return self.current().translator if self.enabled and not self._finished else None
+
     # -- endings ------------------------------------------------------------------------------------
 
     def end(self, status: str = "finished") -> None:
         """Close the current run with ``status``; the next use continues it."""
         status = normalise_status(status)
+        if self._watchers:
+            self._watchers.drain()  # the steps since the last write are checked for NaN before closing
         exp, self._exp = self._exp, None
         if exp is None or not exp.enabled:
             return
@@ -173,6 +191,7 @@ class RunLifecycle:
     def finish(self, status: str = "finished") -> None:
         """Close the current run for good: values are dropped (one warning) until :meth:`next_run`."""
         self.end(status)
+        self._watchers.remove()
         self._resume, self._finished = None, True
 
     def next_run(self, run_name: str | None = None, status: str = "finished") -> None:
@@ -191,4 +210,5 @@ class RunLifecycle:
             state["_resume"] = exp.hash if exp.is_open else exp.config.run_hash
             state["_runs"] = max(state["_runs"], 1)
         state["_exp"] = state["_stand_in"] = None
+        state["_watchers"] = Watchers()  # hooks belong to the model in this process
         return state

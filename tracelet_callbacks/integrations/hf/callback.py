@@ -30,7 +30,7 @@ from typing import Any
 from ...config import TraceletConfig, coerce
 from ...core.routing import HF_PREFIXES, make_table
 from ...core.translator import Translator
-from ...errors import TraceletValueError, WarnOnce
+from ...errors import WarnOnce
 from ...run.checkpoints import CheckpointStore
 from ...run.experiment import RunHandle
 from ...run.lifecycle import RunLifecycle
@@ -129,16 +129,6 @@ class TraceletCallback(TrainerCallback):
     def _translator(self, state: Any) -> Translator | None:
         return self._runs.current().translator if self._is_main(state) else None
 
-    def _guarded(self, what: str, action: Any, *args: Any) -> None:
-        """Run ``action``; a failure (the artifact store cannot be written ...) is one warning per
-        ``what`` and training goes on."""
-        try:
-            action(*args)
-        except TraceletValueError:
-            raise  # strict=True asked for it
-        except Exception as exc:
-            self._warn(what, f"tracelet: {what} failed ({exc}); training goes on", stacklevel=2)
-
     # -- Trainer events -----------------------------------------------------------------------------
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -164,6 +154,8 @@ class TraceletCallback(TrainerCallback):
             self._begin_trial(state)
         self._trained = self._training = True
         self._log_params(args, state, model)
+        if self._config.watch is not None and model is not None:
+            self._runs.watch(model, self._config.watch, self._config.watch_freq, lambda: state.global_step)
 
     def _begin_trial(self, state: Any) -> None:
         """One run per trial: the first reuses the run opened at init, later ones start afresh."""
@@ -189,7 +181,7 @@ class TraceletCallback(TrainerCallback):
         if args is not None:
             translator.params(args, key="hparams")  # the translator already guards the conversion
         if model is not None:
-            self._guarded("storing the model params", store_model_params, translator, model)
+            self._warn.guard("storing the model params", store_model_params, translator, model)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if not logs or (translator := self._translator(state)) is None:
@@ -231,8 +223,7 @@ class TraceletCallback(TrainerCallback):
             self._runs.flush()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        # every rank: the step time of each rank comes from here (one assignment per step)
-        self._runs.current().note_step(state.global_step)
+        self._runs.current().note_step(state.global_step)  # on every rank: each rank's step time
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if not self._is_main(state):
@@ -247,7 +238,7 @@ class TraceletCallback(TrainerCallback):
                 translator.params({"best": state.best_model_checkpoint}, key="checkpoints")
             if self._config.log_model is True and model is not None:
                 processing_class = kwargs.get("processing_class")
-                self._guarded("storing the final model", self._store_model, model, processing_class, args)
+                self._warn.guard("storing the final model", self._store_model, model, processing_class, args)
         finally:
             self.close("finished")
 

@@ -5,19 +5,9 @@ wants a logger of the same package. This module imports neither: :mod:`.logger` 
 :mod:`.pytorch_lightning` each combine :class:`AimLoggerCore` with their package's ``Logger``. (Both
 share one ``rank_zero_only`` from ``lightning_utilities``, so one set of decorators serves both.)
 
-**How the logger sees the trainer.** Lightning gives a logger no trainer. ``Trainer._run`` (lightning
-2.x) calls it in this order:
-
-1. ``experiment`` (``_call_setup_hook``), then ``ModelCheckpoint.setup`` reads ``save_dir``, ``name``
-   and ``version`` to build its default folder;
-2. the checkpoint given to ``fit(ckpt_path=...)`` is read; ``strategy.setup`` builds the optimizers;
-3. ``log_hyperparams(module + datamodule hparams)``, ``log_graph(module)``, ``save()``;
-4. ``log_metrics`` as the loops run, ``after_save_checkpoint`` after each checkpoint;
-5. ``finalize("success")`` at the end of each fit / validate / test, ``finalize("failed")`` on an
-   exception.
-
-``log_graph`` is the first call that carries the trainer (``module.trainer``): the trainer's settings,
-optimizers and schedulers (or, if built later, at the first ``log_metrics``) and parameter counts.
+**How the logger sees the trainer.** Lightning gives a logger no trainer; the order in which
+``Trainer._run`` calls the logger, and where the trainer's settings are picked up (``log_graph``, which
+carries ``module.trainer``), is in docs/architecture.md, "How the Lightning logger sees the trainer".
 
 **Resuming.** ``version`` (the AIM run hash) is asked before Lightning reads the checkpoint, so the
 run that wrote each checkpoint is recorded beside it and found again from the ``Trainer._run`` frame
@@ -177,6 +167,8 @@ class AimLoggerCore:
         if translator is None:
             return
         translator.params(model_params(model), key="model")
+        if self._config.watch is not None:
+            self.watch(model, self._config.watch, self._config.watch_freq)
         try:
             trainer = model.trainer
         except (AttributeError, RuntimeError):  # a module not attached to a trainer
@@ -194,6 +186,17 @@ class AimLoggerCore:
         if fitting:  # validate / test keep the fit's optimizers around, with their decayed lr
             self._optimizers_pending = True
             self._store_optimizers(translator)
+
+    @rank_zero_only
+    def watch(self, model: Any, log: str | None = "gradients", log_freq: int = 100) -> None:
+        """As :meth:`tracelet_callbacks.Experiment.watch`, at the trainer's ``global_step``; the ``watch=``
+        setting watches the trained module without this call."""
+        trainer = lambda: self._trainer_ref() if self._trainer_ref is not None else None  # noqa: E731
+        self._runs.watch(model, log, log_freq, steps_done=lambda: getattr(trainer(), "global_step", None))
+
+    @rank_zero_only
+    def unwatch(self, model: Any = None) -> None:
+        self._runs.unwatch(model)
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
