@@ -46,8 +46,12 @@ def _gloo_works() -> str | None:
     return None
 
 
-def _run_job(tmp_path: Path, script: str, *, torchrun: bool) -> tuple[Path, list[list[str]]]:
-    """Write ``script``, run it as a 2-process job, and return the repo and each rank's report."""
+def _run_job(
+    tmp_path: Path, script: str, *, torchrun: bool, system_interval: float | None = None
+) -> tuple[Path, list[list[str]]]:
+    """Write ``script``, run it as a 2-process job, and return the repo and each rank's report.
+
+    System metrics are off unless ``system_interval`` (seconds) is given."""
     reason = _gloo_works()
     if reason:
         pytest.skip(reason)
@@ -56,7 +60,7 @@ def _run_job(tmp_path: Path, script: str, *, torchrun: bool) -> tuple[Path, list
     path.write_text(textwrap.dedent(script))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACELET_", "MASTER_", "LOCAL_RANK"))}
     env.update(
-        TRACELET_SYSTEM_TRACKING_INTERVAL="off",
+        TRACELET_SYSTEM_TRACKING_INTERVAL="off" if system_interval is None else str(system_interval),
         OMP_NUM_THREADS="1",
         PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS), env.get("PYTHONPATH", "")]),
         MASTER_ADDR="127.0.0.1",
@@ -86,6 +90,30 @@ def _one_run(repo: Path) -> Any:
     runs = list(open_repo(repo).iter_runs())
     assert len(runs) == 1, f"expected one AIM run for the job, found {[run.hash for run in runs]}"
     return runs[0]
+
+
+def _system_series(repo: Path, run: Any, name: str) -> dict[int, list[float]]:
+    """``{rank: values}`` of one ``__system__`` metric, read back with ``Repo.query_metrics``."""
+    found: dict[int, list[float]] = {}
+    for metric in open_repo(repo).query_metrics(f"metric.name == {name!r}"):
+        assert metric.run.hash == run.hash
+        context = metric.context.to_dict()
+        _steps, (values, *_rest) = metric.data.items_list()
+        found.setdefault(context["rank"], []).extend(values)
+    return found
+
+
+def _assert_system_metrics_of_both_ranks(repo: Path, run: Any) -> None:
+    """Rank 0's run holds each rank's CPU and step time under ``{"rank": r}``, and where each rank ran."""
+    cpu = _system_series(repo, run, "__system__cpu")
+    step_time = _system_series(repo, run, "__system__step_time")
+    assert sorted(cpu) == [0, 1] and all(cpu.values()), cpu
+    assert sorted(step_time) == [0, 1], step_time
+    assert all(value > 0 for values in step_time.values() for value in values), step_time
+    ranks = run["ranks"]
+    assert sorted(ranks) == ["0", "1"], ranks
+    assert all(where["host"] and where["pid"] > 0 for where in ranks.values()), ranks
+    assert ranks["0"]["pid"] != ranks["1"]["pid"]
 
 
 def _series(run: Any, name: str, context: dict) -> dict[int, float]:
@@ -196,3 +224,108 @@ def test_accelerate_under_torch_distributed_run_writes_one_run(tmp_path: Path) -
     assert run["hparams"] == {"lr": 0.1, "batch_size": 4, "hub_token": "<redacted>"}
     assert sorted(_series(run, "loss", {"subset": "train"})) == [0, 1, 2, 3]
     assert _series(run, "loss", {"subset": "val"}) == {3: 0.5}
+
+
+# Each step does at least STEP_WORK seconds of arithmetic, so the 24 steps outlast several sampling
+# intervals however fast the machine (a busy one only makes them longer); nothing sleeps.
+LIGHTNING_SYSTEM_JOB = """
+    import sys
+    import time
+
+    import lightning.pytorch as pl
+    import torch
+
+    from lightning_helpers import classes, trainer_kwargs
+    from tracelet_callbacks import TraceletAimLogger
+
+    STEP_WORK = 0.06
+    TinyModule, TinyData = classes(pl)
+
+
+    class BusyModule(TinyModule):
+        def training_step(self, batch, batch_idx):
+            until, work = time.perf_counter() + STEP_WORK, torch.ones(64, 64)
+            while time.perf_counter() < until:
+                work = torch.tanh(work @ work)
+            return super().training_step(batch, batch_idx)
+
+
+    logger = TraceletAimLogger(repo_path=sys.argv[1], experiment_name="ddp", run_name="ddp-system")
+    kwargs = trainer_kwargs(devices=2, strategy="ddp", max_epochs=3, log_every_n_steps=1)
+    trainer = pl.Trainer(logger=logger, **kwargs)
+    trainer.fit(BusyModule(), datamodule=TinyData(batch_size=2))
+    hash_ = logger.version if trainer.global_rank == 0 else None
+    with open(f"report-{trainer.global_rank}.txt", "w") as report:
+        print(trainer.world_size, trainer.global_step, hash_, file=report)
+"""
+
+
+def test_lightning_ddp_writes_system_metrics_of_both_ranks_into_one_run(tmp_path: Path) -> None:
+    repo, reports = _run_job(tmp_path, LIGHTNING_SYSTEM_JOB, torchrun=False, system_interval=0.25)
+    run = _one_run(repo)
+    # 32 samples, 2 a batch, split over 2 ranks: 8 optimizer steps per epoch, 3 epochs
+    assert reports == [["2", "24", run.hash], ["2", "24", "None"]]
+    assert run["status"] == "finished" and run.name == "ddp-system"
+    _assert_system_metrics_of_both_ranks(repo, run)
+    # the training values themselves carry no rank: only rank 0 writes them
+    assert sorted(_series(run, "loss", {"subset": "train", "granularity": "step"})) == list(range(24))
+
+
+# Plain API on every rank. The ranks agree through all_reduce when each has seen enough samples after
+# its first step, then log one more step, so each rank's last sample (rank 1's flush, rank 0's close)
+# comes after a step change that an earlier sample missed: a step time on both ranks, with no timing.
+TORCHRUN_SYSTEM_JOB = """
+    import sys
+
+    import torch
+    import torch.distributed as dist
+
+    import tracelet_callbacks as tracelet
+    from tracelet_callbacks.run.monitor import monitor
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    tracelet.start_logging(exp_name="torchrun-system", project="torchrun", config={"repo_path": sys.argv[1]})
+    system = monitor(tracelet.get_active_experiment().config)
+    torch.manual_seed(rank)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    step, first = 0, None
+    while True:
+        x = torch.randn(8, 4)
+        loss = torch.nn.functional.mse_loss(model(x), x.sum(dim=1, keepdim=True))
+        loss.backward()
+        for parameter in model.parameters():
+            dist.all_reduce(parameter.grad)
+        optimizer.step()
+        optimizer.zero_grad()
+        tracelet.get_active_experiment().log_metric("train/loss", loss.item(), iteration=step)
+        if first is None:
+            first = system.samples  # a sample in progress now may have read no step yet
+        ready = torch.tensor([float(system.samples >= first + 3)])
+        dist.all_reduce(ready, op=dist.ReduceOp.MIN)
+        step += 1
+        if ready.item():
+            break
+    tracelet.get_active_experiment().log_metric("train/loss", 0.0, iteration=step)
+    if rank > 0:
+        tracelet.get_active_experiment().flush()  # the stand-in hands this rank's last sample on
+    dist.barrier()
+    hash_ = tracelet.get_active_experiment().hash
+    tracelet.stop_logging()
+    dist.barrier()
+    with open(f"report-{rank}.txt", "w") as report:
+        print(dist.get_world_size(), step, hash_, system.dropped, file=report)
+    dist.destroy_process_group()
+"""
+
+
+def test_plain_api_under_torch_distributed_run_writes_system_metrics_of_both_ranks(tmp_path: Path) -> None:
+    repo, reports = _run_job(tmp_path, TORCHRUN_SYSTEM_JOB, torchrun=True, system_interval=0.25)
+    run = _one_run(repo)
+    (world, steps, hash_, dropped), (world_1, steps_1, hash_1, dropped_1) = reports
+    assert (world, hash_, dropped) == ("2", run.hash, "0")
+    assert (world_1, steps_1, hash_1, dropped_1) == ("2", steps, "None", "0")
+    assert run["status"] == "finished" and run.name == "torchrun-system"
+    _assert_system_metrics_of_both_ranks(repo, run)
+    assert sorted(_series(run, "loss", {"subset": "train"})) == list(range(int(steps) + 1))

@@ -77,7 +77,10 @@ class ModelWatcher:
         self.log = log
         self.log_freq = log_freq
         self._steps_done = steps_done
-        self._named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        if named and all(name.startswith("module.") for name, _ in named):  # a DDP / DataParallel wrapper
+            named = [(name[len("module.") :], p) for name, p in named]
+        self._named = named
         self._ids = {id(p) for _, p in self._named}
         self._driver: int | None = None  # id of the optimizer whose steps are counted
         self._count = 0
