@@ -570,9 +570,9 @@ def test_an_invalid_writer_names_the_valid_ones(
     assert not (repo_dir / ".aim").exists()
 
 
-def test_terminal_capture_uses_the_thread_writer(repo_dir: Path) -> None:
+def test_terminal_capture_keeps_the_process_writer(repo_dir: Path) -> None:
     with tracelet.Experiment(writer="process", capture_terminal_logs=True) as exp:
-        assert type(exp._sink) is ThreadSink
+        assert type(exp._sink) is ProcessSink  # the lines are captured in the trainer and sent over
         exp.log_metric("loss", 1.5, 0)
     assert indexed_series(repo_dir, exp.hash)[_key("loss", {})][:2] == ([0], [1.5])
 

@@ -90,6 +90,13 @@ class Text(_Tracked):
 
 
 @dataclass(frozen=True)
+class LogLine(_Tracked):
+    """One line of the trainer's terminal output; ``step`` is its line number (the run's Logs tab)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Audio(_Tracked):
     """A clip encoded as WAV bytes."""
 
@@ -144,4 +151,4 @@ class Native(_Tracked):
     value: Any
 
 
-Record = Union[Scalar, Histogram, Images, Text, Audio, Params, Tags, RunInfo, Artifact, Native]  # noqa: UP007
+Record = Union[Scalar, Histogram, Images, Text, LogLine, Audio, Params, Tags, RunInfo, Artifact, Native]  # noqa: UP007

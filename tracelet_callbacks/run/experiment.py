@@ -19,6 +19,7 @@ from ..core.translator import Translator
 from ..errors import TraceletError, TraceletWarning
 from . import exits
 from .monitor import SystemMonitor, monitor
+from .terminal import TerminalCapture
 from .watch import Watchers
 
 __all__ = ["Experiment", "RunHandle", "active", "swap_active"]
@@ -60,6 +61,7 @@ class Experiment:
         self._lock = threading.RLock()
         self._monitor: SystemMonitor | bool | None = None  # False: asked, and sampling is off
         self._watchers = Watchers()
+        self._terminal: TerminalCapture | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -85,6 +87,8 @@ class Experiment:
             if (system := self._system()) is not None:
                 translator = self._translator
                 system.attach(sink, lambda: translator.last_step)
+            if self.config.capture_terminal_logs:
+                self._terminal = TerminalCapture(sink.submit).start()
         return self
 
     def _system(self) -> SystemMonitor | None:
@@ -157,6 +161,8 @@ class Experiment:
                 self._watchers.drain()
                 self._watchers.remove()
             if self._opened:
+                if self._terminal is not None:
+                    self._terminal.stop()
                 if self._monitor:
                     self._monitor.detach(self._sink)
                 self._sink.close(status)

@@ -108,7 +108,7 @@ class AimSink(Sink):
                 # aim's collector measures the process it runs in (the writer): ours samples the trainer
                 system_tracking_interval=None,
                 log_system_params=False,  # aim's own collector needs pkg_resources (gone in setuptools 81)
-                capture_terminal_logs=cfg.capture_terminal_logs,
+                capture_terminal_logs=False,  # captured in the trainer (run/terminal.py), not here
             )
         except Exception as exc:
             where = cfg.remote_uri or self._repo_path
@@ -228,6 +228,10 @@ class AimSink(Sink):
                 epoch=record.epoch,
                 context=record.context,
             )
+        elif isinstance(record, rec.LogLine):
+            from aim.ext.resource.log import LogLine
+
+            run.track(LogLine(record.text), name="logs", step=record.step, context=record.context)
         elif isinstance(record, rec.Audio):
             clip = aim.Audio(record.wav, format="wav", rate=record.sample_rate, caption=record.caption)
             run.track(clip, name=record.name, step=record.step, epoch=record.epoch, context=record.context)

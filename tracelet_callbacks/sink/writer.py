@@ -63,8 +63,7 @@ def open_sink(config: TraceletConfig) -> Sink:
         from .run import AimSink
 
         sink = AimSink(config)
-    elif config.writer == "thread" or config.capture_terminal_logs:
-        # terminal capture must run in the process whose output it captures
+    elif config.writer == "thread":
         sink = ThreadSink(config)
     else:
         sink = ProcessSink(config)
