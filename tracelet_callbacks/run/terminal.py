@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import sys
 import threading
 import warnings
@@ -42,11 +43,13 @@ class _Tee:
     def __init__(self, stream: Any, capture: TerminalCapture) -> None:
         self._stream = stream
         self._capture: TerminalCapture | None = capture
+        self._pid = os.getpid()
 
     def write(self, text: str) -> int:
         written = self._stream.write(text)
         capture = self._capture
-        if capture is not None and type(text) is str and text:
+        # a forked DataLoader worker inherits the tee but not the thread that empties it
+        if capture is not None and type(text) is str and text and os.getpid() == self._pid:
             capture._take(text)
         return written
 
