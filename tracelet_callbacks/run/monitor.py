@@ -62,6 +62,7 @@ class SystemMonitor:
         self._exchange = _RankExchange()
         self.dropped = 0  # samples a rank could not hand on (rank 0 did not take them)
         self.samples = 0  # samples taken so far (tests wait on it)
+        self._said = False  # a failing sampler is logged once
 
     # -- what adapters call ---------------------------------------------------------------------------
 
@@ -86,7 +87,7 @@ class SystemMonitor:
         with self._lock:
             if not any(known is sink for known in self._sinks):
                 return
-            self._tick()
+            self._safe_tick()
             self._sinks = [known for known in self._sinks if known is not sink]
             self._step_sources = [pair for pair in self._step_sources if pair[0] is not sink]
             if not self._sinks and global_rank_now()[0] == 0:
@@ -96,7 +97,7 @@ class SystemMonitor:
     def flush(self) -> None:
         """Take a sample now and hand it on (a rank's last sample before its job ends)."""
         with self._lock:
-            self._tick()
+            self._safe_tick()
 
     # -- the sampling thread --------------------------------------------------------------------------
 
@@ -105,22 +106,35 @@ class SystemMonitor:
             if self._thread is not None and not self._stop.is_set():
                 return
             self._stop = threading.Event()
-            self._thread = threading.Thread(
+            thread = threading.Thread(
                 target=self._loop, args=(self._stop,), name="tracelet-system", daemon=True
             )
-            self._thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no more threads: training goes on without system metrics
+                self._say(f"tracelet: no system metrics: the sampling thread could not start ({exc})")
+                return
+            self._thread = thread
 
     def _loop(self, stop: threading.Event) -> None:
         while True:
-            try:
-                with self._lock:
-                    if stop.is_set():
-                        return
-                    self._tick()
-            except Exception as exc:  # a sampler must never take the trainer down, or die silently
-                log.warning("tracelet: a system metrics sample failed: %r", exc)
+            with self._lock:
+                if stop.is_set():
+                    return
+                self._safe_tick()
             if stop.wait(self.interval):
                 return
+
+    def _safe_tick(self) -> None:
+        try:
+            self._tick()
+        except Exception as exc:  # a sampler must never take the trainer down, nor die silently
+            self._say(f"tracelet: a system metrics sample failed: {exc!r}")
+
+    def _say(self, message: str) -> None:
+        if not self._said:
+            self._said = True
+            log.warning(message)
 
     def _tick(self) -> None:
         rank, world = global_rank_now()
