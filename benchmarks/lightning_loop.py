@@ -3,7 +3,8 @@
 The loop: ``nn.Linear(32, 1)`` on batches of 8, one epoch of ``--steps`` steps, ``self.log`` of 8
 metrics in every ``training_step`` and ``log_every_n_steps=1``, so each logger receives
 ``8 * steps`` values. Configurations: no logger (``logger=False``), ``CSVLogger``,
-``TensorBoardLogger``, aim's own ``aim.pytorch_lightning.AimLogger`` and ``TraceletAimLogger``. The
+``TensorBoardLogger``, aim's own ``aim.pytorch_lightning.AimLogger``, ``TraceletAimLogger``, and
+``TraceletAimLogger(watch="gradients", watch_freq=100, system_tracking_interval=1)``. The
 time is that of ``trainer.fit`` (for ours it includes ``finalize``, which makes every value durable
 and indexes the run before ``fit`` returns). Repetitions are interleaved (each starting one logger
 later, with an untimed garbage collection before every fit); the table shows the median
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 METRICS = 8
+WATCHED = "TraceletAimLogger, watch + system metrics"
 
 
 def _module_class() -> type:
@@ -85,6 +87,14 @@ def _loggers(folder: str) -> dict[str, Callable[[int], Any]]:
         ),
         "TraceletAimLogger": lambda r: _timed(TraceletAimLogger)(
             repo_path=repos["tracelet"], experiment_name="bench", system_tracking_interval=None
+        ),
+        # the same, watching gradients (every 100 steps) and sampling the system every second
+        WATCHED: lambda r: TraceletAimLogger(
+            repo_path=repos["tracelet"],
+            experiment_name="bench",
+            system_tracking_interval=1.0,
+            watch="gradients",
+            watch_freq=100,
         ),
     }
 
@@ -190,6 +200,12 @@ def main() -> None:
         f"TraceletAimLogger: the first fit, whose writer process started and imported aim while it "
         f"ran, took {first:.3f} s ({first / times['no logger'][0]:.2f}x that round's no-logger fit); "
         f"later fits reuse that writer"
+    )
+    watched = statistics.median(times[WATCHED])
+    ours = statistics.median(times["TraceletAimLogger"])
+    print(
+        f"TraceletAimLogger with watch(log='gradients', log_freq=100) and system metrics every 1 s: "
+        f"median {watched:.3f} s = {watched / ours:.3f}x the same logger without them"
     )
     found = _count_values(os.path.join(folder, "tracelet"), last_ours.version)
     verdict = "all readable" if found == values else "MISSING VALUES"

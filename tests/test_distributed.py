@@ -110,6 +110,12 @@ def _assert_system_metrics_of_both_ranks(repo: Path, run: Any) -> None:
     assert sorted(cpu) == [0, 1] and all(cpu.values()), cpu
     assert sorted(step_time) == [0, 1], step_time
     assert all(value > 0 for values in step_time.values() for value in values), step_time
+    # every system reading carries its rank, and both ranks report the same metrics
+    names: dict[Any, set[str]] = {}
+    for metric in run.metrics():
+        if metric.name.startswith("__system__"):
+            names.setdefault(metric.context.to_dict().get("rank"), set()).add(metric.name)
+    assert sorted(names, key=str) == [0, 1] and names[0] == names[1], names
     ranks = run["ranks"]
     assert sorted(ranks) == ["0", "1"], ranks
     assert all(where["host"] and where["pid"] > 0 for where in ranks.values()), ranks

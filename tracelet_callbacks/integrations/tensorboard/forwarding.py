@@ -159,8 +159,8 @@ def _add_scalar(
     translator = own._live if own is not None and not _inside_tensorboard else None
     if translator is None:
         translator = _active_translator(self)
-        if translator is None and own is not None:
-            own.note_step(global_step)  # a rank > 0: its step time still counts
+        if translator is None and (quiet := own if own is not None else active_experiment()) is not None:
+            quiet.note_step(global_step)  # a rank > 0 writes nothing, but its step time counts
     if translator is not None and not translator.scalar(tag, scalar_value, global_step):
         return  # skipped with a warning; TensorBoard would have raised on it
     if not self.__dict__.get("_tracelet_tensorboard", True):
