@@ -76,6 +76,8 @@ class SystemMonitor:
         """Write samples (this rank's and the other ranks') to ``sink`` from now on; ``steps`` tells
         the step the run has reached (the translator's last one)."""
         with self._lock:
+            if not self._sinks:  # samples other ranks left while no run was open belong to none
+                self._exchange.collect(global_rank_now()[1])
             self._sinks.append(sink)
             if steps is not None:
                 self._step_sources.append((sink, steps))
@@ -95,9 +97,13 @@ class SystemMonitor:
                 self._thread = None
 
     def flush(self) -> None:
-        """Take a sample now and hand it on (a rank's last sample before its job ends)."""
+        """Take a sample now and hand it on. On a rank > 0 this is its last sample of the run (its
+        training ended): sampling stops until its next step, so no sample lands in a later run."""
         with self._lock:
             self._safe_tick()
+            if global_rank_now()[0] != 0:
+                self._stop.set()
+                self._thread = None
 
     # -- the sampling thread --------------------------------------------------------------------------
 
