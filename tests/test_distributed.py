@@ -335,3 +335,111 @@ def test_plain_api_under_torch_distributed_run_writes_system_metrics_of_both_ran
     assert run["status"] == "finished" and run.name == "torchrun-system"
     _assert_system_metrics_of_both_ranks(repo, run)
     assert sorted(_series(run, "loss", {"subset": "train"})) == list(range(int(steps) + 1))
+
+
+# Two runs in one job, with training between them and no run open. Each session ends the way
+# TORCHRUN_SYSTEM_JOB does (rank 1 flushes, a barrier, rank 0 closes); then both ranks keep stepping,
+# all-reduced, until rank 0 has seen GAP_INTERVALS sampling intervals pass (a busy machine only makes the
+# gap longer). Each session's steps wait after start_logging for both ranks, so rank 1's step of the
+# second session (which starts its sampling again) comes after rank 0 opened that run.
+TORCHRUN_TWO_RUNS_JOB = """
+    import sys
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    import tracelet_callbacks as tracelet
+    from tracelet_callbacks.run.monitor import monitor
+
+    GAP_INTERVALS = 6
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(rank)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+    def train_step():
+        x = torch.randn(8, 4)
+        loss = torch.nn.functional.mse_loss(model(x), x.sum(dim=1, keepdim=True))
+        loss.backward()
+        for parameter in model.parameters():
+            dist.all_reduce(parameter.grad)
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.item()
+
+
+    def agree(flag):
+        found = torch.tensor([float(flag)])
+        dist.all_reduce(found, op=dist.ReduceOp.MIN)
+        return bool(found.item())
+
+
+    def session(name):
+        tracelet.start_logging(exp_name=name, project="torchrun", config={"repo_path": sys.argv[1]})
+        dist.barrier()
+        system = monitor(tracelet.get_active_experiment().config)
+        before = system.samples
+        step, first = 0, None
+        while True:
+            tracelet.get_active_experiment().log_metric("train/loss", train_step(), iteration=step)
+            if first is None:
+                first = system.samples
+            step += 1
+            if agree(system.samples >= first + 3):
+                break
+        tracelet.get_active_experiment().log_metric("train/loss", 0.0, iteration=step)
+        if rank > 0:
+            tracelet.get_active_experiment().flush()  # this rank's last sample of the run
+        dist.barrier()
+        hash_ = tracelet.get_active_experiment().hash
+        tracelet.stop_logging()
+        ended = time.time()
+        dist.barrier()
+        return system, hash_, before, system.samples, ended
+
+
+    system, hash_1, _, after_first, ended = session("first")
+    gap_start = time.monotonic()
+    while not agree(rank > 0 or time.monotonic() - gap_start >= GAP_INTERVALS * system.interval):
+        train_step()
+    started = time.time()
+    system, hash_2, before_second, _, _ = session("second")
+    with open(f"report-{rank}.txt", "w") as report:
+        print(hash_1, hash_2, ended, started, after_first, before_second, system.dropped, file=report)
+    dist.destroy_process_group()
+"""
+
+
+def _system_points(repo: Path, name: str) -> dict[tuple[str, int], list[float]]:
+    """``{(run hash, rank): timestamps}`` of one ``__system__`` metric, read with ``Repo.query_metrics``."""
+    found: dict[tuple[str, int], list[float]] = {}
+    for metric in open_repo(repo).query_metrics(f"metric.name == {name!r}"):
+        _steps, (_values, _epochs, timestamps) = metric.data.items_list()
+        key = (metric.run.hash, metric.context.to_dict()["rank"])
+        found.setdefault(key, []).extend(timestamps)
+    return found
+
+
+def test_rank_samples_taken_between_two_runs_land_in_neither(tmp_path: Path) -> None:
+    """Rank 1 stops sampling when its run ends (its flush), so nothing it samples while no run is open
+    reaches the job's next run: regression for rank-1 samples of the gap landing in the second run."""
+    repo, reports = _run_job(tmp_path, TORCHRUN_TWO_RUNS_JOB, torchrun=True, system_interval=0.25)
+    (hash_1, hash_2, ended, started, _, _, dropped), rank_1 = reports
+    _, _, _, _, after_first, before_second, dropped_1 = rank_1
+    runs = {run.hash: run for run in open_repo(repo).iter_runs()}
+    assert sorted(runs) == sorted([hash_1, hash_2]) and hash_1 != hash_2, sorted(runs)
+    assert [runs[hash_1].name, runs[hash_2].name] == ["first", "second"]
+    assert (dropped, dropped_1) == ("0", "0")
+    # rank 1 took no sample from the end of its first run to its first step of the second
+    assert after_first == before_second, (after_first, before_second)
+    cpu = _system_points(repo, "__system__cpu")
+    assert sorted(cpu) == sorted((hash_, rank) for hash_ in (hash_1, hash_2) for rank in (0, 1)), cpu
+    assert all(cpu.values()), cpu
+    ended, started = float(ended), float(started)
+    assert started - ended >= 6 * 0.25, (ended, started)  # the gap lasted several sampling intervals
+    # each run holds only samples of its own time: none of rank 1's from the gap in either
+    assert max(cpu[hash_1, 1]) <= ended < started <= min(cpu[hash_2, 0]), (ended, started, cpu)
+    assert min(cpu[hash_2, 1]) >= started, (started, sorted(cpu[hash_2, 1])[:3])

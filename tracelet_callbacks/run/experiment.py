@@ -154,12 +154,12 @@ class Experiment:
         with self._lock:
             if self._closed:
                 return
+            if self._watchers:  # while the run still takes values: a late NaN's health is written
+                self._watchers.drain()
+                self._watchers.remove()
             self._closed = True
             self._live = None
             exits.forget(self)
-            if self._watchers:
-                self._watchers.drain()
-                self._watchers.remove()
             if self._opened:
                 if self._terminal is not None:
                     self._terminal.stop()

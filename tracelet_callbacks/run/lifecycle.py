@@ -160,12 +160,20 @@ class RunLifecycle:
             self._exp.flush()
 
     def watch(
-        self, model: Any, log: str | None, log_freq: int, steps_done: Callable[[], Any] | None = None
+        self,
+        model: Any,
+        log: str | None,
+        log_freq: int,
+        steps_done: Callable[[], Any] | None = None,
+        for_this_run: bool = False,
     ) -> None:
         """Watch ``model`` into whichever run is current (see :meth:`Experiment.watch`); ``steps_done``
-        gives the trainer's optimizer steps completed, so the watcher's steps are the trainer's."""
+        gives the trainer's optimizer steps completed, so the watcher's steps are the trainer's;
+        ``for_this_run`` (the ``watch`` setting) takes the hooks off when the run ends."""
         if self.enabled:
-            self._watchers.add(model, self._watch_target, log, log_freq, steps_done=steps_done)
+            self._watchers.add(
+                model, self._watch_target, log, log_freq, steps_done=steps_done, for_this_run=for_this_run
+            )
 
     def unwatch(self, model: Any = None) -> None:
         self._watchers.remove(model)
@@ -179,7 +187,7 @@ class RunLifecycle:
         """Close the current run with ``status``; the next use continues it."""
         status = normalise_status(status)
         if self._watchers:
-            self._watchers.drain()  # the steps since the last write are checked for NaN before closing
+            self._watchers.end_run()  # the steps since the last write are checked before closing
         exp, self._exp = self._exp, None
         if exp is None or not exp.enabled:
             return

@@ -18,6 +18,9 @@ Health is reported once per watcher: one :class:`~tracelet_callbacks.errors.Trac
 run param ``health`` (``{"status": "non-finite", "step": 23, "layer": "1.weight", "what": "gradient",
 "value": "nan"}``). Training goes on; what it does with a NaN is the user's business.
 
+The gradients measured are the ones the optimizer step used: after clipping, if the trainer clips.
+A histogram of a tensor holding a NaN or inf is not written (it has no range); its norm still is.
+
 Records: metrics ``grad_norm/<layer>``, ``grad_norm/total`` and ``weight_norm/<layer>``; distributions
 ``gradients/<layer>`` and ``weights/<layer>`` (64 bins), at the watcher's step: the optimizer steps
 done, counted from the trainer's own step when the adapter gives one.
@@ -284,25 +287,46 @@ class Watchers:
 
     def __init__(self) -> None:
         self._by_model: dict[int, ModelWatcher] = {}
+        self._for_this_run: set[int] = set()  # watched by a setting: hooks off when the run ends
 
     def add(
-        self, model: Any, target: Callable[[], Any], log: str | None, log_freq: int, **kwargs: Any
+        self,
+        model: Any,
+        target: Callable[[], Any],
+        log: str | None,
+        log_freq: int,
+        *,
+        for_this_run: bool = False,
+        **kwargs: Any,
     ) -> None:
+        """Watch ``model`` (again: the old watcher is replaced). ``for_this_run``: until
+        :meth:`end_run`, so a k-fold loop's earlier models are not kept alive by their hooks."""
         check_watch_args(log, log_freq)
         self.remove(model)
         self._by_model[id(model)] = ModelWatcher(model, target, log=log, log_freq=log_freq, **kwargs)
+        if for_this_run:
+            self._for_this_run.add(id(model))
 
     def remove(self, model: Any = None) -> None:
         """Stop watching ``model`` (``None``: every model)."""
-        keys = list(self._by_model) if model is None else [id(model)]
-        for key in keys:
-            watcher = self._by_model.pop(key, None)
-            if watcher is not None:
-                watcher.remove()
+        for key in list(self._by_model) if model is None else [id(model)]:
+            self._remove_key(key)
 
     def drain(self) -> None:
         for watcher in self._by_model.values():
             watcher.drain()
+
+    def end_run(self) -> None:
+        """The run ends: check the steps kept since the last write; unhook what was for this run."""
+        self.drain()
+        for key in list(self._for_this_run):
+            self._remove_key(key)
+
+    def _remove_key(self, key: int) -> None:
+        self._for_this_run.discard(key)
+        watcher = self._by_model.pop(key, None)
+        if watcher is not None:
+            watcher.remove()
 
     def __bool__(self) -> bool:
         return bool(self._by_model)

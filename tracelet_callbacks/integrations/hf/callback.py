@@ -155,7 +155,8 @@ class TraceletCallback(TrainerCallback):
         self._trained = self._training = True
         self._log_params(args, state, model)
         if self._config.watch is not None and model is not None:
-            self._runs.watch(model, self._config.watch, self._config.watch_freq, lambda: state.global_step)
+            watch, every = self._config.watch, self._config.watch_freq
+            self._runs.watch(model, watch, every, lambda: state.global_step, for_this_run=True)
 
     def _begin_trial(self, state: Any) -> None:
         """One run per trial: the first reuses the run opened at init, later ones start afresh."""

@@ -37,6 +37,7 @@ from ...run.experiment import Experiment, RunHandle
 from ...run.lifecycle import RunLifecycle
 from .info import (
     CHECKPOINT_INDEX,
+    attached_trainer,
     checkpoint_files,
     checkpoint_summary,
     foreign_checkpoint,
@@ -167,13 +168,9 @@ class AimLoggerCore:
         if translator is None:
             return
         translator.params(model_params(model), key="model")
-        if self._config.watch is not None:
-            self.watch(model, self._config.watch, self._config.watch_freq)
-        try:
-            trainer = model.trainer
-        except (AttributeError, RuntimeError):  # a module not attached to a trainer
-            return
-        if trainer is None:
+        if self._config.watch is not None:  # until this run ends: a next fit's model is watched anew
+            self._watch(model, self._config.watch, self._config.watch_freq, for_this_run=True)
+        if (trainer := attached_trainer(model)) is None:
             return
         self._trainer_ref = weakref.ref(trainer)
         if (message := foreign_checkpoint(trainer, self._config.run_hash, self.version)) is not None:
@@ -191,8 +188,11 @@ class AimLoggerCore:
     def watch(self, model: Any, log: str | None = "gradients", log_freq: int = 100) -> None:
         """As :meth:`tracelet_callbacks.Experiment.watch`, at the trainer's ``global_step``; the ``watch=``
         setting watches the trained module without this call."""
-        trainer = lambda: self._trainer_ref() if self._trainer_ref is not None else None  # noqa: E731
-        self._runs.watch(model, log, log_freq, steps_done=lambda: getattr(trainer(), "global_step", None))
+        self._watch(model, log, log_freq, for_this_run=False)
+
+    def _watch(self, model: Any, log: str | None, log_freq: int, for_this_run: bool) -> None:
+        steps_done = lambda: getattr(self._trainer_ref and self._trainer_ref(), "global_step", None)  # noqa: E731
+        self._runs.watch(model, log, log_freq, steps_done, for_this_run)
 
     @rank_zero_only
     def unwatch(self, model: Any = None) -> None:

@@ -19,6 +19,7 @@ from ...core.params import parameter_counts
 
 __all__ = [
     "CHECKPOINT_INDEX",
+    "attached_trainer",
     "checkpoint_files",
     "checkpoint_summary",
     "foreign_checkpoint",
@@ -250,3 +251,11 @@ def foreign_checkpoint(trainer: Any, run_hash_setting: str | None, version: str 
         f"writes to run {version} (its run was opened before fit); pass run_hash={recorded!r} to continue "
         "that run"
     )
+
+
+def attached_trainer(module: Any) -> Any:
+    """The trainer ``module`` is attached to, or ``None`` (Lightning raises when there is none)."""
+    try:
+        return module.trainer
+    except (AttributeError, RuntimeError):
+        return None
