@@ -50,7 +50,7 @@ class SystemMonitor:
 
     def __init__(self, interval: float, disk_path: str = ".") -> None:
         self.interval = interval
-        self._disk_path = disk_path
+        self.disk_path = disk_path
         self._sinks: list[Any] = []
         self._lock = threading.RLock()  # one sample at a time; a sink is never written after detach
         self._stop = threading.Event()
@@ -168,7 +168,8 @@ class SystemMonitor:
 
     def _sample(self) -> list[Reading]:
         if self._samplers is None:
-            self._samplers = (ProcessSampler(disk_path=self._disk_path), GpuSampler())
+            self._samplers = (ProcessSampler(disk_path=self.disk_path), GpuSampler())
+        self._samplers[0].disk_path = self.disk_path
         writer = sys.modules.get("tracelet_callbacks.sink.writer")  # loaded once a writer was started
         writers = writer.writer_pids() if writer is not None else frozenset()
         readings = self._samplers[0].sample(exclude=writers)
@@ -298,10 +299,11 @@ def monitor(config: TraceletConfig) -> SystemMonitor | None:
     if found is None:
         with _monitor_lock:
             if _monitor is None:
-                disk = config.repo_path if not config.remote_uri else "."
-                _monitor = SystemMonitor(config.system_tracking_interval, disk_path=_existing(disk))
+                _monitor = SystemMonitor(config.system_tracking_interval)
             found = _monitor
-    found.interval = config.system_tracking_interval  # the latest run's setting (read at each wait)
+    # the latest run's settings: the interval is read at each wait, the disk at each sample
+    found.interval = config.system_tracking_interval
+    found.disk_path = _existing(config.repo_path if not config.remote_uri else ".")
     return found
 
 

@@ -48,7 +48,7 @@ class ProcessSampler:
         self._psutil = psutil
         self._process = psutil.Process(pid or os.getpid())
         self._children: dict[int, Any] = {}
-        self._disk_path = disk_path
+        self.disk_path = disk_path
         self._process.cpu_percent(None)  # the first reading of a process is a baseline, always 0
 
     def sample(self, exclude: frozenset[int] = frozenset()) -> list[Reading]:
@@ -74,7 +74,7 @@ class ProcessSampler:
             (SYSTEM_PREFIX + "memory_percent", round(memory.percent, 3), {}),
         ]
         try:
-            readings.append((SYSTEM_PREFIX + "disk_percent", psutil.disk_usage(self._disk_path).percent, {}))
+            readings.append((SYSTEM_PREFIX + "disk_percent", psutil.disk_usage(self.disk_path).percent, {}))
         except OSError:  # the folder was removed: the other readings still count
             pass
         return readings
@@ -143,12 +143,17 @@ class GpuSampler:
         for context, handle in self._devices:
             answers: dict[str, Any] = {}
             for name, query, convert in _GPU_FIELDS:
-                try:
-                    if query not in answers:
+                if query not in answers:
+                    try:
                         answers[query] = self._query(query, handle)
-                    readings.append((SYSTEM_PREFIX + name, convert(answers[query]), context))
-                except Exception as exc:  # unsupported here (MIG, a passive card): that field only
-                    answers.setdefault(query, None)
+                    except Exception as exc:  # unsupported here (MIG, a passive card): its fields only
+                        answers[query] = exc
+                answer = answers[query]
+                try:
+                    if isinstance(answer, Exception):
+                        raise answer
+                    readings.append((SYSTEM_PREFIX + name, convert(answer), context))
+                except Exception as exc:
                     self._note_failure(context, name, exc)
         return readings
 
@@ -210,10 +215,9 @@ class GpuSampler:
             if not item:
                 continue
             if item.lstrip("-").isdigit():
-                if int(item) < 0:
+                if not 0 <= int(item) < count:
                     break  # CUDA stops at the first invalid entry
-                if int(item) < count:
-                    chosen.append(int(item))
+                chosen.append(int(item))
                 continue
             if uuids is None:
                 uuids = {}
@@ -224,8 +228,9 @@ class GpuSampler:
                     except Exception:
                         continue
             match = [index for uuid, index in uuids.items() if uuid.startswith(item) or item.startswith(uuid)]
-            if match:
-                chosen.append(match[0])
+            if not match:
+                break  # an unknown id (a MIG-... one among them) ends the list, as in CUDA
+            chosen.append(match[0])
         return sorted(set(chosen))
 
     @staticmethod
