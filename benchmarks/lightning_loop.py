@@ -11,7 +11,7 @@ later, with an untimed garbage collection before every fit); the table shows the
 and the best, and the median's ratio to the loop without a logger. At the end every value our logger
 was given is read back from AIM and counted.
 
-    python benchmarks/lightning_loop.py [--steps 1000] [--repeats 5]
+    python benchmarks/lightning_loop.py [--steps 1000] [--repeats 5] [--ours-only]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 METRICS = 8
 WATCHED = "TraceletAimLogger, watch + system metrics"
+OURS_ONLY = ("no logger", "TraceletAimLogger", WATCHED)
 
 
 def _module_class() -> type:
@@ -159,12 +160,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--ours-only",
+        action="store_true",
+        help="only the loop without a logger and our two configurations (more repeats in the same time)",
+    )
     args = parser.parse_args()
 
     logging.disable(logging.INFO)  # Lightning's per-fit banners
     warnings.filterwarnings("ignore")
     folder = tempfile.mkdtemp(prefix="tracelet-lightning-bench-")
     builders = _loggers(folder)
+    if args.ours_only:
+        builders = {name: build for name, build in builders.items() if name in OURS_ONLY}
     _fit(False, 20)  # warm up imports and first-call costs outside the measurement
 
     times: dict[str, list[float]] = {name: [] for name in builders}

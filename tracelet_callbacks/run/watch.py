@@ -84,11 +84,12 @@ class ModelWatcher:
         if named and all(name.startswith("module.") for name, _ in named):  # a DDP / DataParallel wrapper
             named = [(name[len("module.") :], p) for name, p in named]
         self._named = named
+        self._params = [p for _, p in named]
         self._ids = {id(p) for _, p in self._named}
         self._driver: int | None = None  # id of the optimizer whose steps are counted
         self._count = 0
         self._kept: list[tuple[int, tuple[str, ...], Any]] = []  # (step, layers, norms on the device)
-        self._layouts: dict[tuple[int, ...], tuple[str, ...]] = {}
+        self._layouts: dict[tuple[bool, ...], tuple[tuple[str, ...], bool]] = {}
         self._healthy = True
         self._failed = False
         self._hooked: Any = None  # the translator whose logged losses we check
@@ -129,19 +130,32 @@ class ModelWatcher:
         return self._count
 
     def _keep_gradient_norms(self, step: int) -> None:
-        present = [(i, p.grad) for i, (_, p) in enumerate(self._named) if p.grad is not None]
-        if not present:
+        # every optimizer step: kept to two device calls and as little Python as the layout allows
+        grads = [p.grad for p in self._params]
+        layout = self._layouts.get(tuple(grad is None for grad in grads))
+        if layout is None:
+            layout = self._layout(grads)
+        layers, mixed = layout
+        if not layers:
             return
-        positions = tuple(i for i, _ in present)
-        layers = self._layouts.get(positions)
-        if layers is None:
-            layers = self._layouts[positions] = tuple(self._named[i][0] for i in positions)
-        grads = [grad for _, grad in present]
+        if len(layers) != len(grads):
+            grads = [grad for grad in grads if grad is not None]
         norms = self._torch._foreach_norm(grads)
-        if len({(n.device, n.dtype) for n in norms}) > 1:  # model parallel or mixed precision
+        if mixed:  # model parallel or mixed precision: one device and dtype to stack on
             first = norms[0].device
             norms = [n.to(first, self._torch.float32) for n in norms]
         self._kept.append((step, layers, self._torch.stack(norms)))
+
+    def _layout(self, grads: list[Any]) -> tuple[tuple[str, ...], bool]:
+        """Which layers have a gradient (the names, once per pattern), and whether they differ in
+        device or dtype."""
+        present = [
+            (name, grad) for (name, _), grad in zip(self._named, grads, strict=True) if grad is not None
+        ]
+        kinds = {(grad.device, grad.dtype) for _, grad in present}
+        layout = (tuple(name for name, _ in present), len(kinds) > 1)
+        self._layouts[tuple(grad is None for grad in grads)] = layout
+        return layout
 
     # -- writing and health -------------------------------------------------------------------------
 
