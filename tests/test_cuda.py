@@ -38,3 +38,26 @@ def test_cuda_losses_arrive_exactly(repo_dir: Path, writer: str) -> None:
     found = series(repo_dir, "loss", {"subset": "train"}, run_hash=run_hash)
     assert found.keys() == expected.keys()
     assert all(found[step] == pytest.approx(expected[step], rel=1e-6) for step in expected)
+
+
+def test_every_visible_gpu_has_its_series(repo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real NVML (``tracelet-callbacks[gpu]``): each device this process may use gets memory, power and
+    temperature series with context ``{"gpu": i}``, read back from the run."""
+    pynvml = pytest.importorskip("pynvml")
+    from tracelet_callbacks.run import monitor as monitor_module
+
+    monkeypatch.setattr(monitor_module, "_monitor", None)  # a fresh sampler, reading real NVML
+    pynvml.nvmlInit()
+    devices = pynvml.nvmlDeviceGetCount()
+    with tracelet.Experiment(system_tracking_interval=0.5) as exp:
+        weights = torch.randn(1024, 1024, device="cuda")
+        for step in range(50):
+            exp.log_metric("train/loss", (weights @ weights).mean(), iteration=step)
+        run_hash = exp.hash
+    visible = monitor_module.monitor(exp.config)._samplers[1]._devices
+    assert visible, "NVML sees no device this process may use"
+    assert len({context["gpu"] for context, _ in visible}) <= devices
+    for context, _ in visible:
+        used = series(repo_dir, "__system__gpu_memory_used", context, run_hash=run_hash)
+        assert used and all(value > 0 for value in used.values()), context
+        assert series(repo_dir, "__system__gpu_memory_total", context, run_hash=run_hash), context

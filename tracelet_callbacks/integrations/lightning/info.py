@@ -37,25 +37,10 @@ CHECKPOINT_INDEX = "tracelet-runs.json"
 #: The checkpoint entries that hold ``save_hyperparameters()`` of the module and the datamodule.
 #: Scheduler state that is progress, not configuration.
 _SCHEDULER_STATE = frozenset({"last_epoch", "verbose", "best", "num_bad_epochs", "cooldown_counter"})
-_TRAINER_SETTINGS = (
-    "max_epochs",
-    "min_epochs",
-    "max_steps",
-    "min_steps",
-    "precision",
-    "accumulate_grad_batches",
-    "gradient_clip_val",
-    "gradient_clip_algorithm",
-    "num_devices",
-    "device_ids",
-    "num_nodes",
-    "world_size",
-    "limit_train_batches",
-    "limit_val_batches",
-    "val_check_interval",
-    "check_val_every_n_epoch",
-    "log_every_n_steps",
-)
+_SETTINGS = """max_epochs min_epochs max_steps min_steps precision accumulate_grad_batches gradient_clip_val
+gradient_clip_algorithm num_devices device_ids num_nodes world_size limit_train_batches limit_val_batches
+val_check_interval check_val_every_n_epoch log_every_n_steps"""
+_TRAINER_SETTINGS = tuple(_SETTINGS.split())
 
 
 def _qualname(obj: Any) -> str:
