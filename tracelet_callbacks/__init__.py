@@ -20,7 +20,7 @@ from .run.experiment import Experiment, RunHandle
 from .session import get_active_experiment, start_logging, stop_logging
 
 if TYPE_CHECKING:
-    from .integrations.tensorboard import TraceletWriter
+    from .integrations.tensorboard.writer import TraceletWriter
 
 __version__ = "0.1.0"
 
@@ -43,7 +43,7 @@ __all__ = [
 
 #: public name -> (module, the extra that installs what it needs)
 _LAZY = {
-    "TraceletWriter": (".integrations.tensorboard", "tensorboard"),
+    "TraceletWriter": (".integrations.tensorboard.writer", "tensorboard"),
     "TraceletAimLogger": (".integrations.lightning.logger", "lightning"),
     "TraceletCallback": (".integrations.hf.callback", "transformers"),
     "TraceletAimTracker": (".integrations.accelerate", "accelerate"),

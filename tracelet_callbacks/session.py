@@ -108,7 +108,7 @@ def _tensorboard_available() -> bool:
 def _patch_writers() -> None:
     if not _tensorboard_available():
         return
-    from .integrations.tensorboard import patch_summary_writer
+    from .integrations.tensorboard.forwarding import patch_summary_writer
 
     patch_summary_writer()
 
@@ -116,6 +116,6 @@ def _patch_writers() -> None:
 def _unpatch_writers() -> None:
     import sys
 
-    module = sys.modules.get("tracelet_callbacks.integrations.tensorboard")
+    module = sys.modules.get("tracelet_callbacks.integrations.tensorboard.forwarding")
     if module is not None:
         module.unpatch_summary_writer()

@@ -22,7 +22,7 @@ from .monitor import SystemMonitor, monitor
 from .terminal import TerminalCapture
 from .watch import Watchers
 
-__all__ = ["Experiment", "RunHandle", "active", "swap_active"]
+__all__ = ["Experiment", "RunHandle", "active", "find_run", "swap_active"]
 
 
 class Experiment:
@@ -378,3 +378,11 @@ def swap_active(experiment: Experiment | None) -> Experiment | None:
     global _active
     previous, _active = _active, experiment
     return previous
+
+
+def find_run(config: TraceletConfig, path: tuple[str, ...], value: Any) -> str | None:
+    """The hash of a run in ``config``'s repo or server whose param at ``path`` is ``value`` (the run an
+    earlier import made for a folder, say); ``None`` when there is none."""
+    from ..sink.run import find_run as find_in_repo  # imports aim
+
+    return find_in_repo(config, path, value)

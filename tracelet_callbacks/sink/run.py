@@ -459,3 +459,23 @@ def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
             else:
                 gc.collect()  # a held server-side handle shows readers old data: drop it now
     return f"run {run_hash} is saved but could not be indexed ({last}); `aim up` will index it"
+
+
+def find_run(config: TraceletConfig, path: tuple[str, ...], value: Any) -> str | None:
+    """The hash of a closed (indexed) run whose param at ``path`` equals ``value``, or ``None``."""
+    from aim import Repo
+
+    if config.remote_uri:
+        check_server(config.remote_uri)
+        repo = Repo.from_path(config.remote_uri)
+    else:
+        if not os.path.isdir(os.path.join(config.repo_path, ".aim")):
+            return None
+        repo = Repo.from_path(config.repo_path)
+    for run in repo.iter_runs():
+        found: Any = run.get(path[0])
+        for key in path[1:]:
+            found = found.get(key) if isinstance(found, dict) else None
+        if found == value:
+            return run.hash
+    return None

@@ -1,10 +1,6 @@
-"""TensorBoard: :class:`TraceletWriter` (``writer``), and the ``SummaryWriter`` methods that forward
-each ``add_*`` to the translator, which ``start_logging`` also patches onto ``SummaryWriter`` itself
-(``forwarding``)."""
+"""TensorBoard: :mod:`.writer` (``TraceletWriter``), :mod:`.forwarding` (each ``add_*`` of
+``SummaryWriter`` to the translator, and the patch ``start_logging`` puts on ``SummaryWriter``), and
+:mod:`.importer` (event files written earlier, imported into AIM runs; needs no torch).
 
-from __future__ import annotations
-
-from .forwarding import patch_summary_writer, unpatch_summary_writer
-from .writer import TraceletWriter
-
-__all__ = ["TraceletWriter", "patch_summary_writer", "unpatch_summary_writer"]
+Nothing is imported here, so the importer's command line loads neither torch nor ``SummaryWriter``.
+"""
