@@ -3,82 +3,49 @@
 Each folder under the log directory that holds event files is one TensorBoard run and becomes one
 AIM run, named after its path relative to the log directory and tagged ``source=tensorboard``. Its
 events go through the same translator as ``TraceletWriter.add_*`` (so ``train/loss`` becomes
-``loss`` in ``{"subset": "train"}``), with each value's own step and wall time. What
-``SummaryWriter`` puts in child folders comes back to its parent run under the live names:
-``add_scalars("loss", {"train": x})`` writes ``loss`` into ``<run>/loss_train/`` and is imported as
-``loss/train``; ``add_hparams`` writes into ``<run>/<timestamp>/`` and is imported as the parent's
-params and metrics.
+``loss`` in ``{"subset": "train"}``), with each value's own step and wall time. The child
+folders of ``add_scalars`` and ``add_hparams`` come back to their parent's run under the live names
+(see :func:`.events.live_tag`).
 
 **Idempotent and incremental.** The run of a folder is found again by the folder's identity (its
 real path, hashed), stored in the run param ``tensorboard`` with how far each event file was read;
 a second import reads nothing twice, and a grown file is read from where the last import stopped.
 
-**Reading.** TensorBoard's own protobuf definitions decode the events; the records around them are
-read here rather than through TensorBoard's compat reader, which can start only at the beginning of
-a file and checks every record's checksum in pure Python. Each record's header checksum is checked
-(a damaged length could otherwise send the reader anywhere); a record that does not decode, or a
-file cut short (a job killed mid-write), ends that file: everything before it is imported and one
-warning names the file and the byte offset. No TensorFlow is needed.
+**Reading** is :mod:`.events`': no TensorFlow is needed; a file cut short (a job killed
+mid-write) or a record that does not decode ends that file, everything before it is imported, and one
+warning names the file and the byte offset.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import re
-import struct
 import time
 import warnings
-import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import TraceletConfig
-from ...core import records as rec
 from ...core.translator import Translator
 from ...errors import TraceletWarning
 from ...run.experiment import Experiment, find_run
+from .events import (
+    EVENT_FILE,
+    TEXT_SUFFIX,
+    Damage,
+    WallTimeSink,
+    decode_png,
+    decode_wav,
+    find_run_folders,
+    hparams_of,
+    live_tag,
+    read_records,
+    tensor_number,
+    written_for_parent,
+)
 
-__all__ = ["Damage", "ImportReport", "TensorBoardImporter", "find_run_folders"]
-
-_EVENT_FILE = re.compile(r"events\.out\.tfevents\.")
-_HEADER = struct.Struct("<QI")
-_CRC = struct.Struct("<I")
-_TEXT_SUFFIX = "/text_summary"  # SummaryWriter.add_text stores "<tag>/text_summary"
-
-
-class Damage(Exception):
-    """An event file cannot be read past ``offset``."""
-
-    def __init__(self, path: str, offset: int, why: str) -> None:
-        super().__init__(f"{path}: {why} at byte {offset}")
-        self.path, self.offset, self.why = path, offset, why
-
-
-def read_records(path: str, offset: int = 0) -> Iterator[tuple[int, bytes]]:
-    """``(offset after the record, record bytes)`` for each whole record from ``offset`` on, to a
-    clean end; :class:`Damage` for a record cut short or a header that fails its checksum."""
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-
-    with open(path, "rb", buffering=1 << 20) as stream:
-        stream.seek(offset)
-        while True:
-            header = stream.read(12)
-            if not header:
-                return
-            if len(header) < 12:
-                raise Damage(path, offset, "a record cut short")
-            length, crc = _HEADER.unpack(header)
-            if masked_crc32c(header[:8]) != crc:
-                raise Damage(path, offset, "a record header that fails its checksum")
-            data = stream.read(length)
-            footer = stream.read(4)
-            if len(data) < length or len(footer) < 4:
-                raise Damage(path, offset, "a record cut short")
-            offset += 16 + length
-            yield offset, data
+__all__ = ["ImportReport", "TensorBoardImporter"]
 
 
 @dataclass
@@ -94,47 +61,8 @@ class ImportReport:
     seconds: float = 0.0
 
 
-def find_run_folders(logdir: str) -> list[str]:
-    """Every folder under ``logdir`` (itself included) holding event files, sorted."""
-    found = []
-    for folder, _dirs, files in os.walk(logdir):
-        if any(_EVENT_FILE.search(name) for name in files):
-            found.append(os.path.abspath(folder))
-    return sorted(found)
-
-
 def _identity(folder: str) -> str:
     return hashlib.sha256(os.path.realpath(folder).encode()).hexdigest()[:24]
-
-
-class _Stamped:
-    """The sink seen by the import's translator: every record carries its event's wall time."""
-
-    def __init__(self, sink: Any) -> None:
-        self._sink = sink
-        self.wall_time: float | None = None
-
-    def add(self, record: rec.Scalar) -> None:
-        self._sink.add(record._replace(timestamp=self.wall_time))
-
-    def submit(self, records: Any) -> None:
-        stamped = []
-        for record in records:
-            if type(record) is rec.Scalar:
-                record = record._replace(timestamp=self.wall_time)
-            elif hasattr(record, "timestamp") and self.wall_time is not None:
-                record = _with_time(record, self.wall_time)
-            stamped.append(record)
-        self._sink.submit(stamped)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sink, name)
-
-
-def _with_time(record: Any, wall_time: float) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(record, timestamp=wall_time)
 
 
 class TensorBoardImporter:
@@ -156,7 +84,7 @@ class TensorBoardImporter:
         self.config = config
         self.report = ImportReport()
         self._on_progress = on_progress
-        self._open: dict[str, tuple[Experiment, Translator, _Stamped, dict[str, int]]] = {}
+        self._open: dict[str, tuple[Experiment, Translator, WallTimeSink, dict[str, int]]] = {}
         self._warned_kinds: set[str] = set()
 
     # -- the folders and their runs ------------------------------------------------------------------
@@ -169,15 +97,15 @@ class TensorBoardImporter:
         for folder in folders:
             parent = os.path.dirname(folder)
             owner = (
-                parent if folder != self.logdir and parent in runs and _written_for_parent(folder) else folder
+                parent if folder != self.logdir and parent in runs and written_for_parent(folder) else folder
             )
             relative = os.path.relpath(folder, owner)
-            for name in sorted(name for name in os.listdir(folder) if _EVENT_FILE.search(name)):
+            for name in sorted(name for name in os.listdir(folder) if EVENT_FILE.search(name)):
                 entry = (os.path.join(folder, name), os.path.normpath(os.path.join(relative, name)))
                 runs.setdefault(owner, []).append(entry)
         return runs
 
-    def _run_of(self, folder: str) -> tuple[Experiment, Translator, _Stamped, dict[str, int]]:
+    def _run_of(self, folder: str) -> tuple[Experiment, Translator, WallTimeSink, dict[str, int]]:
         found = self._open.get(folder)
         if found is not None:
             return found
@@ -195,7 +123,7 @@ class TensorBoardImporter:
         )
         exp = Experiment(settings).open()
         base = exp.translator
-        stamped = _Stamped(base.sink)
+        stamped = WallTimeSink(base.sink)
         translator = Translator(stamped, routing=settings.routing, strict=False)
         done: dict[str, int] = {}
         if existing is not None:
@@ -244,7 +172,7 @@ class TensorBoardImporter:
         self._open.clear()
 
     def _import_file(
-        self, path: str, relative: str, start: int, translator: Translator, stamped: _Stamped, final: bool
+        self, path: str, relative: str, start: int, translator: Translator, stamped: WallTimeSink, final: bool
     ) -> int:
         from tensorboard.compat.proto import event_pb2
 
@@ -284,22 +212,23 @@ class TensorBoardImporter:
         kind = value.WhichOneof("value")
         self.report.values += 1
         if plugin == "hparams":
-            self._hparams(t, value)
+            if (params := hparams_of(value)) is not None:
+                t.params(params)
             return
         if kind == "simple_value" or (kind == "tensor" and plugin == "scalars"):
-            number = value.simple_value if kind == "simple_value" else _tensor_number(value.tensor)
-            t.scalar(_scalar_tag(tag, child), number, step)
+            number = value.simple_value if kind == "simple_value" else tensor_number(value.tensor)
+            t.scalar(live_tag(tag, child), number, step)
         elif kind == "histo":
             h = value.histo
             t.histogram_raw(tag, h.min, h.max, list(h.bucket_limit), list(h.bucket), step)
         elif kind == "image":
-            t.image(tag, _decode_png(value.image.encoded_image_string), step, "HWC")
+            t.image(tag, decode_png(value.image.encoded_image_string), step, "HWC")
         elif kind == "audio":
-            samples, rate = _decode_wav(value.audio.encoded_audio_string)
+            samples, rate = decode_wav(value.audio.encoded_audio_string)
             t.audio(tag, samples, step, rate)
         elif kind == "tensor" and plugin == "text":
             text = b"\n".join(value.tensor.string_val).decode("utf-8", "replace")
-            t.text(tag[: -len(_TEXT_SUFFIX)] if tag.endswith(_TEXT_SUFFIX) else tag, text, step)
+            t.text(tag.removesuffix(TEXT_SUFFIX), text, step)
         else:
             what = plugin or kind or "empty value"
             self.report.values -= 1
@@ -307,82 +236,6 @@ class TensorBoardImporter:
             if what not in self._warned_kinds:
                 self._warned_kinds.add(what)
                 t.notice(f"TensorBoard {what!r} summaries", "AIM has no matching object type; not imported")
-
-    @staticmethod
-    def _hparams(t: Translator, value: Any) -> None:
-        from tensorboard.plugins.hparams import plugin_data_pb2
-
-        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-        if data.WhichOneof("data") != "session_start_info":
-            return  # the experiment description and the session end say nothing add_hparams was given
-        params = {}
-        for name, item in data.session_start_info.hparams.items():
-            kind = item.WhichOneof("kind")
-            found = getattr(item, kind) if kind else None
-            if kind == "number_value" and float(found).is_integer():
-                found = int(found)  # TensorBoard keeps every number as a double: 32, not 32.0, was given
-            params[name] = found
-        t.params(params)
-
-
-def _written_for_parent(folder: str) -> bool:
-    """Whether ``folder`` is one that ``SummaryWriter`` made for its parent's run: ``add_hparams``'
-    ``<timestamp>/``, or ``add_scalars``' ``<tag>_<key>/`` (its first scalar's tag says which)."""
-    from tensorboard.compat.proto import event_pb2
-
-    name = os.path.basename(folder)
-    if re.fullmatch(r"\d+(\.\d+)?", name):
-        return True
-    for path in sorted(os.path.join(folder, f) for f in os.listdir(folder) if _EVENT_FILE.search(f)):
-        try:
-            for _end, data in read_records(path):
-                event = event_pb2.Event.FromString(data)
-                for value in event.summary.value:
-                    return name.startswith(value.tag.replace("/", "_") + "_")
-        except Exception:  # damaged: a run of its own, whose damage the import will name
-            return False
-    return False
-
-
-def _scalar_tag(tag: str, child: str) -> str:
-    """The live tag of a scalar from a child folder: ``add_scalars("loss", {"train": x})`` writes
-    ``loss`` into ``loss_train/``; live, it is ``loss/train``. Other children's tags stay."""
-    if child and "/" not in child:
-        prefix = tag.replace("/", "_") + "_"
-        if child.startswith(prefix):
-            return f"{tag}/{child[len(prefix) :]}"
-    return tag
-
-
-def _tensor_number(tensor: Any) -> float:
-    if tensor.float_val:
-        return float(tensor.float_val[0])
-    if tensor.double_val:
-        return float(tensor.double_val[0])
-    import numpy as np
-
-    dtype = np.float64 if tensor.dtype == 2 else np.float32  # DT_DOUBLE is 2
-    return float(np.frombuffer(tensor.tensor_content, dtype=dtype)[0])
-
-
-def _decode_png(data: bytes) -> Any:
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        array = np.asarray(image.convert("RGBA") if image.mode == "P" else image)
-    return array[:, :, None] if array.ndim == 2 else array
-
-
-def _decode_wav(data: bytes) -> tuple[Any, int]:
-    import numpy as np
-
-    with wave.open(io.BytesIO(data), "rb") as clip:
-        frames = clip.readframes(clip.getnframes())
-        samples = np.frombuffer(frames, dtype="<i2")
-        channels = clip.getnchannels()
-        rate = clip.getframerate()
-    return (samples.reshape(-1, channels).T if channels > 1 else samples), rate
 
 
 def _find_run(config: TraceletConfig, identity: str) -> str | None:
