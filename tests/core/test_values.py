@@ -205,8 +205,10 @@ def test_image_chw_moves_channels_last() -> None:
 
 
 def test_image_float_scaled_to_uint8() -> None:
+    """As TensorBoard scales them (x * 255 in float32, truncated), so a live image equals its event
+    file's: 0.5 -> 127."""
     pixels = image_to_pixels(np.array([[0.0, 0.5, 1.0, 2.0, -1.0, np.nan]]), "HW")
-    assert pixels.tolist() == [[0, 128, 255, 255, 0, 0]]
+    assert pixels.tolist() == [[0, 127, 255, 255, 0, 0]]
 
 
 def test_image_uint8_passthrough() -> None:

@@ -340,8 +340,9 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8:
         return np.ascontiguousarray(array)
     if array.dtype.kind == "f":
-        array = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-        array = np.clip(array, 0.0, 1.0) * 255.0 + 0.5
+        # as TensorBoard scales them (float32, truncated), so a live image and its event file agree
+        array = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        array = np.clip(array, 0.0, 1.0) * np.float32(255.0)
     elif array.dtype.kind == "b":
         array = array.astype(np.float64) * 255.0
     return np.ascontiguousarray(np.clip(array, 0, 255).astype(np.uint8))

@@ -100,6 +100,10 @@ class AimSink(Sink):
             # aim's storage handles of a run closed earlier in this process are freed by the garbage
             # collector; reopening the run while they live reads stale or corrupt chunks
             gc.collect()
+            # aim keeps the list of run hashes for 0.5 s: a run closed just now would be "missing"
+            clear = getattr(getattr(aim.Repo, "_all_run_hashes", None), "cache_clear", None)
+            if clear is not None:
+                clear()
         try:
             run = aim.Run(
                 run_hash=cfg.run_hash,
@@ -214,31 +218,21 @@ class AimSink(Sink):
                 record.value, name=record.name, step=record.step, epoch=record.epoch, context=record.context
             )
         elif isinstance(record, rec.Histogram):
-            value = aim.Distribution(hist=record.counts, bin_range=record.bin_range)
-            run.track(value, name=record.name, step=record.step, epoch=record.epoch, context=record.context)
+            self._track_at(run, aim.Distribution(hist=record.counts, bin_range=record.bin_range), record)
         elif isinstance(record, rec.Images):
             pictures = [_aim_image(image) for image in record.images]
-            value = pictures[0] if len(pictures) == 1 else pictures
-            run.track(value, name=record.name, step=record.step, epoch=record.epoch, context=record.context)
+            self._track_at(run, pictures[0] if len(pictures) == 1 else pictures, record)
         elif isinstance(record, rec.Text):
-            run.track(
-                aim.Text(record.text),
-                name=record.name,
-                step=record.step,
-                epoch=record.epoch,
-                context=record.context,
-            )
+            self._track_at(run, aim.Text(record.text), record)
         elif isinstance(record, rec.LogLine):
             from aim.ext.resource.log import LogLine
 
-            run.track(LogLine(record.text), name="logs", step=record.step, context=record.context)
+            self._track_at(run, LogLine(record.text), record, name="logs")
         elif isinstance(record, rec.Audio):
             clip = aim.Audio(record.wav, format="wav", rate=record.sample_rate, caption=record.caption)
-            run.track(clip, name=record.name, step=record.step, epoch=record.epoch, context=record.context)
+            self._track_at(run, clip, record)
         elif isinstance(record, rec.Native):
-            run.track(
-                record.value, name=record.name, step=record.step, epoch=record.epoch, context=record.context
-            )
+            self._track_at(run, record.value, record)
         elif isinstance(record, rec.Params):
             current = run.get(record.key) if record.merge else None
             run[record.key] = (
@@ -260,6 +254,17 @@ class AimSink(Sink):
             self._store_artifact(run, record)
         else:
             raise TypeError(f"unknown record type {type(record).__name__}")
+
+    @staticmethod
+    def _track_at(run: Any, value: Any, record: Any, name: str | None = None) -> None:
+        """``run.track`` at the time the value was logged, not the time it is written (the writer may
+        write it seconds later; an imported event keeps its own wall time)."""
+        tracker = getattr(run, "_tracker", None)
+        where = {"name": name or record.name, "step": record.step, "epoch": record.epoch}
+        if tracker is not None and hasattr(tracker, "_track"):  # aim 3.x: pinned by aim<4
+            tracker._track(value, record.timestamp, context=record.context, **where)
+        else:
+            run.track(value, context=record.context, **where)
 
     def _store_artifact(self, run: Any, record: rec.Artifact) -> None:
         # aim's log_artifact is wrapped in its "noexcept" guard, which only logs in safe mode: block,

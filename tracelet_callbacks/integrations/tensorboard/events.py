@@ -83,12 +83,13 @@ def find_run_folders(logdir: str) -> list[str]:
     return sorted(found)
 
 
-def written_for_parent(folder: str) -> bool:
-    """Whether ``folder`` is one that ``SummaryWriter`` made for its parent's run: ``add_hparams``'
-    ``<timestamp>/``, or ``add_scalars``' ``<tag>_<key>/`` (its first scalar's tag says which)."""
+def written_for_parent(folder: str, owner: str) -> bool:
+    """Whether ``folder`` is one that ``SummaryWriter`` made for the run in ``owner`` (an ancestor):
+    ``add_hparams``' ``<timestamp>/``, or ``add_scalars``' ``<tag>_<key>/`` (its first scalar's tag
+    says which; a key holding ``/`` makes a deeper folder)."""
     from tensorboard.compat.proto import event_pb2
 
-    name = os.path.basename(folder)
+    name = os.path.relpath(folder, owner)
     if re.fullmatch(r"\d+(\.\d+)?", name):
         return True
     for path in sorted(os.path.join(folder, f) for f in os.listdir(folder) if EVENT_FILE.search(f)):
@@ -136,7 +137,7 @@ def decode_wav(data: bytes) -> tuple[Any, int]:
 def live_tag(tag: str, child: str) -> str:
     """The live tag of a scalar from a child folder: ``add_scalars("loss", {"train": x})`` writes
     ``loss`` into ``loss_train/``; live, it is ``loss/train``. Other children's tags stay."""
-    if child and "/" not in child:
+    if child:
         prefix = tag.replace("/", "_") + "_"
         if child.startswith(prefix):
             return f"{tag}/{child[len(prefix) :]}"

@@ -11,9 +11,8 @@ folders of ``add_scalars`` and ``add_hparams`` come back to their parent's run u
 real path, hashed), stored in the run param ``tensorboard`` with how far each event file was read;
 a second import reads nothing twice, and a grown file is read from where the last import stopped.
 
-**Reading** is :mod:`.events`': no TensorFlow is needed; a file cut short (a job killed
-mid-write) or a record that does not decode ends that file, everything before it is imported, and one
-warning names the file and the byte offset.
+**Reading** (:mod:`.events`) needs no TensorFlow; a file cut short or a record that does not decode
+ends that file: what comes before is imported, and one warning names the file and the byte offset.
 """
 
 from __future__ import annotations
@@ -86,6 +85,7 @@ class TensorBoardImporter:
         self._on_progress = on_progress
         self._open: dict[str, tuple[Experiment, Translator, WallTimeSink, dict[str, int]]] = {}
         self._warned_kinds: set[str] = set()
+        self._at_zero: set[str] = set()  # tags of the run being read that had a point at step 0
 
     # -- the folders and their runs ------------------------------------------------------------------
 
@@ -95,10 +95,7 @@ class TensorBoardImporter:
         folders = find_run_folders(self.logdir)
         runs: dict[str, list[tuple[str, str]]] = {}
         for folder in folders:
-            parent = os.path.dirname(folder)
-            owner = (
-                parent if folder != self.logdir and parent in runs and written_for_parent(folder) else folder
-            )
+            owner = _owner(folder, runs)
             relative = os.path.relpath(folder, owner)
             for name in sorted(name for name in os.listdir(folder) if EVENT_FILE.search(name)):
                 entry = (os.path.join(folder, name), os.path.normpath(os.path.join(relative, name)))
@@ -145,6 +142,7 @@ class TensorBoardImporter:
         started = time.perf_counter()
         for folder, files in self.plan().items():
             exp, translator, stamped, done = self._run_of(folder)
+            self._at_zero = set()
             changed = False
             for path, relative in files:
                 start = done.get(relative, 0)
@@ -161,7 +159,11 @@ class TensorBoardImporter:
                     self.report.files += 1
             if changed:
                 translator.params({"files": dict(done)}, key="tensorboard")
-            exp.flush()
+            if final:  # done with this folder: its writer process goes on to the next folder's run
+                exp.close("finished")
+                del self._open[folder]
+            else:
+                exp.flush()
         self.report.seconds += time.perf_counter() - started
         return self.report
 
@@ -217,7 +219,11 @@ class TensorBoardImporter:
             return
         if kind == "simple_value" or (kind == "tensor" and plugin == "scalars"):
             number = value.simple_value if kind == "simple_value" else tensor_number(value.tensor)
-            t.scalar(live_tag(tag, child), number, step)
+            tag = live_tag(tag, child)
+            if step == 0:  # add_scalar without a step writes 0 every time; live, they are 0, 1, 2 ...
+                step = None if tag in self._at_zero else 0
+                self._at_zero.add(tag)
+            t.scalar(tag, number, step)
         elif kind == "histo":
             h = value.histo
             t.histogram_raw(tag, h.min, h.max, list(h.bucket_limit), list(h.bucket), step)
@@ -236,6 +242,17 @@ class TensorBoardImporter:
             if what not in self._warned_kinds:
                 self._warned_kinds.add(what)
                 t.notice(f"TensorBoard {what!r} summaries", "AIM has no matching object type; not imported")
+
+
+def _owner(folder: str, runs: dict[str, Any]) -> str:
+    """The run folder ``folder``'s events belong to: the nearest run above it that ``SummaryWriter``
+    wrote it for (``add_scalars`` / ``add_hparams``), else its own."""
+    above = os.path.dirname(folder)
+    while above != os.path.dirname(above):
+        if above in runs:
+            return above if written_for_parent(folder, above) else folder
+        above = os.path.dirname(above)
+    return folder
 
 
 def _find_run(config: TraceletConfig, identity: str) -> str | None:
