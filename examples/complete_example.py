@@ -27,18 +27,10 @@ import tracelet_callbacks as tracelet
 
 def main() -> None:
     # Start AIM tracking
-    tracelet.start_logging(
-        exp_name="aim_pytorch_example",
-        project="tutorials",
-        backend="aim"
-    )
+    tracelet.start_logging(exp_name="aim_pytorch_example", project="tutorials", backend="aim")
 
     # Model setup
-    model = nn.Sequential(
-        nn.Linear(784, 128),
-        nn.ReLU(),
-        nn.Linear(128, 10)
-    )
+    model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
     optimizer = optim.Adam(model.parameters(), lr=0.001)
     criterion = nn.CrossEntropyLoss()
 
@@ -61,8 +53,7 @@ def main() -> None:
             optimizer.step()
 
             # Metrics automatically sent to AIM
-            writer.add_scalar("batch/loss", loss.item(),
-                              epoch * len(dataloader) + batch_idx)
+            writer.add_scalar("batch/loss", loss.item(), epoch * len(dataloader) + batch_idx)
             total_loss += loss.item()
 
         # Epoch metrics
@@ -75,16 +66,18 @@ def main() -> None:
 
     # Log final parameters
     exp = tracelet.get_active_experiment()
-    exp.log_params({
-        "model.type": "simple_mlp",
-        "model.input_size": 784,
-        "model.hidden_size": 128,
-        "model.output_size": 10,
-        "optimizer.type": "adam",
-        "optimizer.learning_rate": 0.001,
-        "training.batch_size": 32,
-        "training.epochs": 10
-    })
+    exp.log_params(
+        {
+            "model.type": "simple_mlp",
+            "model.input_size": 784,
+            "model.hidden_size": 128,
+            "model.output_size": 10,
+            "optimizer.type": "adam",
+            "optimizer.learning_rate": 0.001,
+            "training.batch_size": 32,
+            "training.epochs": 10,
+        }
+    )
 
     # Cleanup
     writer.close()

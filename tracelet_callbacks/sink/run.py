@@ -7,6 +7,7 @@ status, closes the run and indexes it so ``aim.Repo(...).query_metrics(...)`` se
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
 import logging
@@ -23,7 +24,7 @@ from ..core import records as rec
 from ..errors import TraceletError, TraceletWarning
 from .contract import Sink
 from .environment import environment_params
-from .series import ScalarBatcher
+from .series import ScalarBatcher, roomier_storage
 
 __all__ = ["AimSink", "check_repo_path", "check_server", "index_run"]
 
@@ -105,15 +106,16 @@ class AimSink(Sink):
             if clear is not None:
                 clear()
         try:
-            run = aim.Run(
-                run_hash=cfg.run_hash,
-                repo=repo,
-                experiment=cfg.experiment_name,
-                # aim's collector measures the process it runs in (the writer): ours samples the trainer
-                system_tracking_interval=None,
-                log_system_params=False,  # aim's own collector needs pkg_resources (gone in setuptools 81)
-                capture_terminal_logs=False,  # captured in the trainer (run/terminal.py), not here
-            )
+            with roomier_storage() if not cfg.remote_uri else contextlib.nullcontext():
+                run = aim.Run(
+                    run_hash=cfg.run_hash,
+                    repo=repo,
+                    experiment=cfg.experiment_name,
+                    # aim's collector measures the process it runs in (the writer): ours samples the trainer
+                    system_tracking_interval=None,
+                    log_system_params=False,  # aim's collector needs pkg_resources (gone in setuptools 81)
+                    capture_terminal_logs=False,  # captured in the trainer (run/terminal.py), not here
+                )
         except Exception as exc:
             where = cfg.remote_uri or self._repo_path
             what = f"resume run {cfg.run_hash!r}" if cfg.run_hash else "open a run"
@@ -434,7 +436,6 @@ def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
     on a server through aim's proxies. The index is one RocksDB that one process at a time may open
     for writing (``aim up`` indexing, another run closing): retry for a while before giving up.
     """
-    import gc
     import time
 
     last: Exception | None = None
@@ -468,15 +469,13 @@ def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
 
 def find_run(config: TraceletConfig, path: tuple[str, ...], value: Any) -> str | None:
     """The hash of a closed (indexed) run whose param at ``path`` equals ``value``, or ``None``."""
+    if not config.remote_uri and not os.path.isdir(os.path.join(config.repo_path, ".aim")):
+        return None  # no repo yet: no run, and no aim import in this process
     from aim import Repo
 
     if config.remote_uri:
         check_server(config.remote_uri)
-        repo = Repo.from_path(config.remote_uri)
-    else:
-        if not os.path.isdir(os.path.join(config.repo_path, ".aim")):
-            return None
-        repo = Repo.from_path(config.repo_path)
+    repo = Repo.from_path(config.remote_uri or config.repo_path)
     for run in repo.iter_runs():
         found: Any = run.get(path[0])
         for key in path[1:]:

@@ -168,10 +168,12 @@ class WallTimeSink:
 
     def __init__(self, sink: Any) -> None:
         self._sink = sink
+        self._add = sink.add
         self.wall_time: float | None = None
 
     def add(self, record: Scalar) -> None:
-        self._sink.add(record._replace(timestamp=self.wall_time))
+        # once per imported scalar: a tuple built directly costs a third of NamedTuple._replace
+        self._add(tuple.__new__(Scalar, (*record[:5], self.wall_time)))
 
     def submit(self, records: Any) -> None:
         stamped = []
