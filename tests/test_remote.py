@@ -160,3 +160,40 @@ def test_batched_ingestion_on_a_server_equals_run_track(repo_dir: Path, aim_serv
     ours_meta, theirs_meta = trace_meta(folder, exp.hash), trace_meta(folder, reference)
     assert same(ours_meta, theirs_meta)
     assert ours_meta[_key("loss", {"subset": "train"})]["min"] == -1000.0
+
+
+def test_import_tensorboard_into_a_server_twice_adds_nothing_the_second_time(
+    repo_dir: Path, aim_server
+) -> None:
+    """``import-tensorboard --remote``: the runs land on the server, routed as live, and a second import
+    finds each folder's run there (no new run, no new points)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    uri, _folder = aim_server
+    logs = repo_dir / "tb"
+    with SummaryWriter(str(logs / "baseline")) as writer:
+        for step in range(25):
+            writer.add_scalar("train/loss", 1.0 / (step + 1), step)
+    command = [sys.executable, "-m", "tracelet_callbacks", "import-tensorboard", str(logs), "--remote", uri]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "imported 25 values from 1 event files into 1 runs" in first.stdout
+    run_hash = first.stdout.splitlines()[1].split()[0]
+    code = textwrap.dedent(
+        f"""
+        import aim
+        run = aim.Run({run_hash!r}, repo={uri!r}, read_only=True)
+        query = "metric.name == 'loss' and run.hash == {run_hash!r}"
+        (metric,) = aim.Repo({uri!r}).query_metrics(query).iter()
+        steps = list(metric.data.items_list()[0])
+        print(run.name, run["status"], run["tags"], metric.context.to_dict(), steps)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = f"baseline finished {{'source': 'tensorboard'}} {{'subset': 'train'}} {list(range(25))}"
+    assert done.stdout.strip().splitlines()[-1] == expected
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "imported 0 values from 0 event files into 1 runs" in again.stdout
+    assert again.stdout.splitlines()[1].split()[0] == run_hash
