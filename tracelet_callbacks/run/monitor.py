@@ -48,9 +48,9 @@ _ACK = "tracelet/system/{rank}/taken"
 class SystemMonitor:
     """Samples this process (and its GPUs) every ``interval`` seconds; see the module docstring."""
 
-    def __init__(self, interval: float, disk_path: str = ".") -> None:
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.disk_path = disk_path
+        self.disk_path = "."  # the repo's disk, set by :func:`monitor` for each run
         self._sinks: list[Any] = []
         self._lock = threading.RLock()  # one sample at a time; a sink is never written after detach
         self._stop = threading.Event()
@@ -168,7 +168,7 @@ class SystemMonitor:
 
     def _sample(self) -> list[Reading]:
         if self._samplers is None:
-            self._samplers = (ProcessSampler(disk_path=self.disk_path), GpuSampler())
+            self._samplers = (ProcessSampler(), GpuSampler())
         self._samplers[0].disk_path = self.disk_path
         writer = sys.modules.get("tracelet_callbacks.sink.writer")  # loaded once a writer was started
         writers = writer.writer_pids() if writer is not None else frozenset()
@@ -202,14 +202,22 @@ def _as_int(step: Any) -> int | None:
         return None
 
 
-def global_rank_now() -> tuple[int, int]:
-    """``(rank, world size)``: the process group's when one is running, else the launcher's variables."""
+def _process_group() -> Any:
+    """``torch.distributed`` while a process group runs (never imported here), else ``None``."""
     dist = sys.modules.get("torch.distributed")
     try:
-        if dist is not None and dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
+        return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
     except Exception:  # a group being torn down
-        pass
+        return None
+
+
+def global_rank_now() -> tuple[int, int]:
+    """``(rank, world size)``: the process group's when one is running, else the launcher's variables."""
+    if (dist := _process_group()) is not None:
+        try:
+            return dist.get_rank(), dist.get_world_size()
+        except Exception:  # a group being torn down
+            pass
     world = os.environ.get("WORLD_SIZE", "1")
     return global_rank(), int(world) if world.isdigit() else 1
 
@@ -226,10 +234,9 @@ class _RankExchange:
 
     @staticmethod
     def _store() -> Any:
-        dist = sys.modules.get("torch.distributed")
+        if (dist := _process_group()) is None:
+            return None
         try:
-            if dist is None or not dist.is_initialized():
-                return None
             return dist.distributed_c10d._get_default_store()
         except Exception:  # another torch, or a group being torn down
             return None

@@ -109,7 +109,7 @@ class TensorBoardImporter:
         identity = _identity(folder)
         name = os.path.relpath(folder, self.logdir)
         name = os.path.basename(self.logdir) if name == "." else name
-        existing = _find_run(self.config, identity)
+        existing = find_run(self.config, ("tensorboard", "identity"), identity)  # an earlier import's
         settings = self.config.replace(
             run_hash=existing,
             run_name=name if existing is None else None,
@@ -253,8 +253,3 @@ def _owner(folder: str, runs: dict[str, Any]) -> str:
             return above if written_for_parent(folder, above) else folder
         above = os.path.dirname(above)
     return folder
-
-
-def _find_run(config: TraceletConfig, identity: str) -> str | None:
-    """The hash of the run an earlier import made for the folder ``identity``, if any."""
-    return find_run(config, ("tensorboard", "identity"), identity)
