@@ -152,3 +152,147 @@ class _Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+@main.command("sync")
+@click.argument("spool", required=False, type=click.Path(file_okay=False))
+@click.option("--to", "remote_uri", default=None, help="the aim server (default: $TRACELET_AIM_REMOTE).")
+@click.option("--run", "runs", multiple=True, help="only this run hash (may be given more than once).")
+def sync(spool: str | None, remote_uri: str | None, runs: tuple[str, ...]) -> None:
+    """Send the runs in SPOOL (default: $TRACELET_SPOOL or .aim-spool) to an aim server.
+
+    For runs logged with offline=True, or while the server was away. Each run lands under its own
+    hash, with its params, tags, series, artifact entries and status, and is indexed so the UI and
+    queries see it at once. Running it again sends nothing twice; after an interruption it goes on.
+    """
+    from .sink.run import check_server
+    from .sink.spool import sync_spool
+
+    _say_warnings()
+    try:
+        config = resolve(kwargs={"spool_path": spool, "remote_uri": remote_uri})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not config.remote_uri:
+        raise click.UsageError("say which server with --to aim://host:53800 (or $TRACELET_AIM_REMOTE)")
+    if not os.path.isdir(os.path.join(config.spool_path, ".aim")):
+        raise click.UsageError(f"{config.spool_path} holds no AIM repo: nothing was spooled there")
+    try:
+        check_server(config.remote_uri)
+    except Exception as exc:
+        click.echo(f"error: {str(exc).removeprefix('tracelet: ')}", err=True)
+        sys.exit(1)
+    chosen = list(runs) or None
+    bar: Any = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(unit=" points", unit_scale=True, dynamic_ncols=True, file=sys.stderr)
+    try:
+        outcomes = sync_spool(
+            config.spool_path,
+            config.remote_uri,
+            runs=chosen,
+            progress=bar.update if bar is not None else None,
+            on_total=(lambda total: setattr(bar, "total", total)) if bar is not None else None,
+        )
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to go on", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        click.echo(f"error: sync stopped: {exc}; run the same command again to go on", err=True)
+        sys.exit(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    sent = sum(1 for _, outcome in outcomes if outcome != "up to date")
+    click.echo(f"{sent} of {len(outcomes)} runs sent to {config.remote_uri}")
+    for run_hash, outcome in outcomes:
+        click.echo(f"  {run_hash}  {outcome}")
+
+
+@main.group("runs")
+def runs_group() -> None:
+    """See the runs of a repo or server, and close the ones nothing will close."""
+
+
+def _repo(repo_path: str | None, remote_uri: str | None) -> Any:
+    """The ``aim.Repo`` that --repo / --remote name (default: $TRACELET_AIM_REPO or .)."""
+    try:
+        config = resolve(kwargs={"repo_path": repo_path, "remote_uri": remote_uri})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if config.remote_uri:
+        from .sink.run import check_server
+
+        try:
+            check_server(config.remote_uri)
+        except Exception as exc:
+            click.echo(f"error: {str(exc).removeprefix('tracelet: ')}", err=True)
+            sys.exit(1)
+    elif not os.path.isdir(os.path.join(config.repo_path, ".aim")):
+        raise click.UsageError(f"{config.repo_path} holds no AIM repo (choose one with --repo)")
+    from .sink.stale import open_repo
+
+    return open_repo(config.remote_uri or config.repo_path)
+
+
+def _ago(stamp: float | None) -> str:
+    import time
+
+    if stamp is None:
+        return "-"
+    seconds = max(0.0, time.time() - stamp)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def _seconds(value: str) -> float:
+    """``--older-than``: ``90``, ``90s``, ``10m``, ``2h`` or ``1d``."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a duration such as 90s, 10m or 2h") from None
+
+
+_REPO = click.option("--repo", "repo_path", default=None, help="AIM repo folder (default: . or env)")
+_REMOTE = click.option("--remote", "remote_uri", default=None, help="an aim server, aim://host:53800")
+
+
+@runs_group.command("ls")
+@_REPO
+@_REMOTE
+def runs_ls(repo_path: str | None, remote_uri: str | None) -> None:
+    """Print every run: hash, status, last heartbeat, experiment and name."""
+    from .sink.stale import list_runs
+
+    rows = list_runs(_repo(repo_path, remote_uri))
+    click.echo(f"{'run':<24}  {'status':<11}  {'heartbeat':<10}  {'experiment':<20}  name")
+    for row in rows:
+        beat = _ago(row.heartbeat)
+        click.echo(f"{row.hash:<24}  {row.status:<11}  {beat:<10}  {row.experiment:<20}  {row.name}")
+
+
+@runs_group.command("close-stale")
+@_REPO
+@_REMOTE
+@click.option("--older-than", default="10m", show_default=True, help="heartbeat age that counts as stopped.")
+def runs_close_stale(repo_path: str | None, remote_uri: str | None, older_than: str) -> None:
+    """Mark runs whose writer died with its trainer as killed, close and index them.
+
+    A run counts as stale when it is still active and its heartbeat (written every 2 s while a
+    writer has it open) is older than --older-than; a run whose writer is a live process on this
+    machine is never touched, nor is one without a heartbeat (not written by tracelet).
+    """
+    from .sink.stale import close_stale
+
+    closed = close_stale(_repo(repo_path, remote_uri), _seconds(older_than))
+    click.echo(f"closed {len(closed)} stale runs")
+    for row in closed:
+        click.echo(f"  {row.hash}  killed  (heartbeat {_ago(row.heartbeat)}, pid {row.pid} on {row.host})")

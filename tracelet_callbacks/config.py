@@ -36,6 +36,12 @@ class TraceletConfig:
         tags: a mapping (stored as queryable params under ``tags`` and as ``key=value`` AIM tags) or a
             list of AIM tags.
         remote_uri: ``aim://host:53800`` (``http://`` is accepted and means the same) to log to a server.
+            Values are written to the spool first and sent on from there, so a server that goes
+            away loses nothing (see ``docs/team.md``).
+        offline: with ``remote_uri``: write to the spool only, for machines that cannot reach the
+            server; ``python -m tracelet_callbacks sync`` sends the runs later.
+        spool_path: the local AIM repo that holds a server's runs until the server has them; default
+            ``.aim-spool`` in the working folder (made absolute when resolved).
         buffer_size: how many records the writer holds before it must write.
         run_hash: an existing run to continue.
         artifacts_uri: where artifacts are copied (``file://...`` or ``s3://...``); default: a folder
@@ -66,6 +72,8 @@ class TraceletConfig:
     run_name: str | None = None
     tags: Any = None
     remote_uri: str | None = None
+    offline: bool = False
+    spool_path: str = ".aim-spool"
     buffer_size: int = 1000
     run_hash: str | None = None
     artifacts_uri: str | None = None
@@ -105,7 +113,7 @@ _NULLABLE = frozenset(
 _OFF_BY_NONE = frozenset({"system_tracking_interval"})
 
 #: Settings that are true or false; a string such as "no" in a config dict is read as the env is.
-_FLAGS = frozenset({"capture_terminal_logs", "strict", "exit_handlers"})
+_FLAGS = frozenset({"capture_terminal_logs", "strict", "exit_handlers", "offline"})
 
 #: Where aim can copy artifacts (its artifact registry's schemes).
 ARTIFACT_SCHEMES = ("file", "s3")
@@ -117,6 +125,8 @@ ENV_VARS: dict[str, str] = {
     "TRACELET_AIM_RUN_NAME": "run_name",
     "TRACELET_AIM_TAGS": "tags",
     "TRACELET_AIM_REMOTE": "remote_uri",
+    "TRACELET_OFFLINE": "offline",
+    "TRACELET_SPOOL": "spool_path",
     "TRACELET_AIM_RUN_HASH": "run_hash",
     "TRACELET_AIM_ARTIFACTS_URI": "artifacts_uri",
     "TRACELET_BUFFER_SIZE": "buffer_size",
@@ -244,8 +254,9 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
         raise ValueError(f"tracelet: watch_freq must be a positive int, got {cfg.watch_freq!r}")
     if cfg.writer not in WRITER_MODES:
         raise ValueError(f"tracelet: writer must be one of {', '.join(WRITER_MODES)}, got {cfg.writer!r}")
-    if not isinstance(cfg.repo_path, (str, os.PathLike)):
-        raise ValueError(f"tracelet: repo_path must be a path, got {type(cfg.repo_path).__name__}")
+    for folder in ("repo_path", "spool_path"):
+        if not isinstance(getattr(cfg, folder), (str, os.PathLike)):
+            raise ValueError(f"tracelet: {folder} must be a path, got {type(getattr(cfg, folder)).__name__}")
     changes: dict[str, Any] = {}
     for flag in sorted(_FLAGS):
         value = getattr(cfg, flag)
@@ -268,7 +279,8 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
     except TypeError as exc:
         raise ValueError(f"tracelet: {exc}") from None
     repo_path = os.path.abspath(os.path.expanduser(os.fspath(cfg.repo_path)))
-    changes.update(repo_path=repo_path, system_tracking_interval=interval)
+    spool_path = os.path.abspath(os.path.expanduser(os.fspath(cfg.spool_path)))
+    changes.update(repo_path=repo_path, spool_path=spool_path, system_tracking_interval=interval)
     if cfg.remote_uri is not None:
         changes["remote_uri"] = normalise_remote(cfg.remote_uri)
     if cfg.tags is not None and not isinstance(cfg.tags, (Mapping, list, tuple, set, str)):

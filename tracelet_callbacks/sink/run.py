@@ -24,6 +24,7 @@ from ..core import records as rec
 from ..errors import TraceletError, TraceletWarning
 from .contract import Sink
 from .environment import environment_params
+from .heartbeat import Heartbeat
 from .series import ScalarBatcher, roomier_storage
 
 __all__ = ["AimSink", "check_repo_path", "check_server", "index_run"]
@@ -42,7 +43,12 @@ class AimSink(Sink):
     """
 
     def __init__(
-        self, config: TraceletConfig, *, takeover: bool = False, argv: list[str] | None = None
+        self,
+        config: TraceletConfig,
+        *,
+        takeover: bool = False,
+        argv: list[str] | None = None,
+        heartbeat: bool = False,
     ) -> None:
         self.config = config
         self._takeover = takeover  # continuing a run our writer opened: not a user's resume
@@ -58,6 +64,7 @@ class AimSink(Sink):
         self.last_error: str | None = None
         self.index_error: str | None = None
         self.status: str | None = None
+        self._heartbeat = Heartbeat(self) if heartbeat else None
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -87,6 +94,8 @@ class AimSink(Sink):
             self._run = self._create_run()
             self._hash = self._run.hash
             self._artifacts_uri = self._run.artifacts_uri
+            if self._heartbeat is not None:
+                self._heartbeat.start()
 
     def _create_run(self) -> Any:
         cfg = self.config
@@ -292,6 +301,8 @@ class AimSink(Sink):
     def close(self, status: str = "finished") -> None:
         """Record ``status``, close the run and index it. Safe to call twice."""
         status = rec.normalise_status(status)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()  # outside the lock: a beat in progress needs it
         with self._lock:
             if self._closed:
                 return

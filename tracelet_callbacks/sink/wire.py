@@ -26,6 +26,7 @@ __all__ = [
     "Closed",
     "FrameReader",
     "Get",
+    "Notice",
     "Open",
     "OpenFailed",
     "Opened",
@@ -94,6 +95,12 @@ class Reply(NamedTuple):
     seq: int
     ok: bool
     value: Any  # the answer, or the exception when not ok
+
+
+class Notice(NamedTuple):
+    """Something the user should hear about the run (the server went away, came back ...)."""
+
+    text: str
 
 
 class Closed(NamedTuple):

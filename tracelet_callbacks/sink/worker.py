@@ -36,13 +36,20 @@ def main(argv: list[str]) -> int:
     warnings.simplefilter("ignore")
     logging.getLogger("tracelet_callbacks").propagate = False
     logging.getLogger("tracelet_callbacks").addHandler(logging.NullHandler())
+    # aim's client logs and prints tracebacks (from finalizers, too) while a server is away; the
+    # trainer hears about that once, from us (wire.Notice)
+    logging.getLogger("aim").setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda unraisable: None
     read_fd, write_fd = int(argv[1]), int(argv[2])
     parent = os.getppid()
     reader = wire.FrameReader(read_fd, alive=lambda: os.getppid() == parent)
 
+    sending = threading.Lock()  # a forwarder thread may send a notice while this thread acks
+
     def reply(message: Any) -> None:
         try:
-            wire.send_frame(write_fd, message)
+            with sending:
+                wire.send_frame(write_fd, message)
         except OSError:  # the trainer is gone; keep writing what it sent
             pass
 
@@ -58,13 +65,15 @@ def main(argv: list[str]) -> int:
             inbox.put(None)
 
     threading.Thread(target=pump, name="tracelet-worker-reader", daemon=True).start()
-    from .run import AimSink  # aim's import takes a second: done while the trainer gets ready
+    from .forward import aim_sink  # aim's import takes a second: done while the trainer gets ready
 
     # one run after another: a writer whose run closed cleanly waits for the trainer's next run
     while (message := inbox.get()) is not None:
         if type(message) is not wire.Open:
             continue  # sent for a run that could not be opened, before the trainer heard so
-        sink = AimSink(message.config, argv=message.argv)
+        sink = aim_sink(message.config, argv=message.argv)
+        if hasattr(sink, "notify"):  # news about the server goes to the trainer, who shows it
+            sink.notify = lambda text: reply(wire.Notice(text))
         try:
             sink.open()
         except Exception as exc:

@@ -55,14 +55,13 @@ def open_sink(config: TraceletConfig) -> Sink:
         return sink
     from .run import check_repo_path, check_server  # neither imports aim
 
-    if config.remote_uri:
+    if config.remote_uri and not config.offline:
         check_server(config.remote_uri)
-    else:
-        check_repo_path(config.repo_path)
+    check_repo_path(config.spool_path if config.remote_uri else config.repo_path)
     if config.writer == "sync":
-        from .run import AimSink
+        from .forward import aim_sink
 
-        sink = AimSink(config)
+        sink = aim_sink(config)
     elif config.writer == "thread":
         sink = ThreadSink(config)
     else:
@@ -272,6 +271,9 @@ class ProcessSink(BufferedSink):
         answered = False
         try:
             answer = inbox.read()
+            while type(answer) is wire.Notice:
+                self._notice(answer.text)
+                answer = inbox.read()
             answered = answer is not None
             if answer is None:  # it died before opening the run: open it from this process instead
                 self._writer_gone("it stopped before opening the run")
@@ -285,6 +287,9 @@ class ProcessSink(BufferedSink):
             while answered and not handed_back and (message := inbox.read()) is not None:
                 if type(message) is wire.Ack:
                     self._acknowledge(*message)
+                    continue
+                if type(message) is wire.Notice:
+                    self._notice(message.text)
                     continue
                 with self._acked:
                     if type(message) is wire.Closed:  # the last reply of this run
@@ -310,6 +315,11 @@ class ProcessSink(BufferedSink):
         elif answered and not handed_back and not self._closed:
             self._writer_gone("its pipe closed")
             threading.Thread(target=self._died_safely, args=("its pipe closed",), daemon=True).start()
+
+    @staticmethod
+    def _notice(text: str) -> None:
+        log.warning("%s", text)
+        warnings.warn(text, TraceletWarning, stacklevel=2)
 
     def _died_safely(self, reason: str) -> None:
         try:
@@ -398,14 +408,14 @@ class ProcessSink(BufferedSink):
             worker.release(close_input=not (self._reader and self._reader.is_alive()), wait=wait)
 
     def _take_over(self) -> Any:
-        from .run import AimSink
+        from .forward import aim_sink
 
         self._let_go(keep=False, wait=10.0)
         if self._hash is None:  # it died before opening the run: this process opens it
-            sink = AimSink(self.config)
+            sink = aim_sink(self.config)
         else:
             # the run's lock names the dead writer's pid; aim treats it as stale once that pid is reaped
-            sink = AimSink(self.config.replace(run_hash=self._hash, run_name=None, tags=None), takeover=True)
+            sink = aim_sink(self.config.replace(run_hash=self._hash, run_name=None, tags=None), takeover=True)
         sink.open()
         return sink
 
@@ -422,9 +432,9 @@ class ThreadSink(BufferedSink):
         self._error: BaseException | None = None
 
     def open(self) -> None:
-        from .run import AimSink
+        from .forward import aim_sink
 
-        self._sink = AimSink(self.config)
+        self._sink = aim_sink(self.config)
         self._sink.open()
         self._hash, self._artifacts_uri = self._sink.hash, self._sink.artifacts_uri
         self._thread = threading.Thread(target=self._work, name="tracelet-writer", daemon=True)
