@@ -96,11 +96,12 @@ def _trainer(callbacks: list[Any], out: Path, seed: int = 0, **overrides: Any) -
     )
 
 
-def test_hf_run_opens_at_init_end_closes_at_train_end_and_evaluate_predict_continue_it(
+def test_hf_run_opens_at_train_begin_closes_at_train_end_and_evaluate_predict_continue_it(
     events: list[tuple], tmp_path: Path
 ) -> None:
     """Train 2 epochs with eval and save each epoch, then ``evaluate()``, ``predict()``, ``close()``:
-    the run opens at ``on_init_end`` before anything else of ours, is closed ``finished`` right at
+    the run opens at ``on_train_begin`` (once ``train()`` has said whether it resumes a checkpoint's
+    run; ``on_init_end`` only checks the repo), is closed ``finished`` right at
     ``on_train_end``, ``evaluate()`` reopens the SAME hash at its first hook (``on_log``), ``predict()``
     writes into it while it is still open, and ``close()`` ends it."""
     callback = _hf_callback(events)
@@ -129,9 +130,9 @@ def test_hf_run_opens_at_init_end_closes_at_train_end_and_evaluate_predict_conti
     assert _sequence(events) == [
         _call("Trainer"),
         _hook("on_init_end"),
-        ("open", run),
         _call("train"),
         _hook("on_train_begin"),
+        ("open", run),
         *per_epoch,
         *per_epoch,
         _hook("on_log"),  # the end-of-train summary
@@ -162,8 +163,8 @@ def test_hf_predict_alone_after_train_reopens_the_same_run(events: list[tuple], 
     (run,) = _opened(events)
     assert _sequence(events) == [
         _hook("on_init_end"),
-        ("open", run),
         _hook("on_train_begin"),
+        ("open", run),
         _hook("on_log"),
         _hook("on_train_end"),
         ("close", run, "finished"),
@@ -201,9 +202,9 @@ def test_hf_second_train_on_the_same_trainer_continues_the_same_run(
     (run,) = _opened(events)
     assert _sequence(events) == [
         _hook("on_init_end"),
-        ("open", run),
         _call("train"),
         _hook("on_train_begin"),
+        ("open", run),
         _hook("on_log"),
         _hook("on_train_end"),
         ("close", run, "finished"),
@@ -218,7 +219,8 @@ def test_hf_second_train_on_the_same_trainer_continues_the_same_run(
 
 
 def test_hf_two_trainers_sharing_one_callback_make_two_runs(events: list[tuple], tmp_path: Path) -> None:
-    """k-fold: a second ``Trainer`` given the same callback starts a NEW run at its ``on_init_end``.
+    """k-fold: a second ``Trainer`` given the same callback starts a NEW run (the old one is closed at
+    its ``on_init_end``, the new one opens at its ``on_train_begin``).
     The first fold's run, reopened by its ``evaluate()``, is closed ``finished`` there, before the
     second run opens."""
     callback = _hf_callback(events)
@@ -239,9 +241,9 @@ def test_hf_two_trainers_sharing_one_callback_make_two_runs(events: list[tuple],
     assert _sequence(events) == [
         _call("Trainer 0"),
         _hook("on_init_end"),
-        ("open", first),
         _call("train 0"),
         _hook("on_train_begin"),
+        ("open", first),
         _hook("on_log"),
         _hook("on_train_end"),
         ("close", first, "finished"),
@@ -252,9 +254,9 @@ def test_hf_two_trainers_sharing_one_callback_make_two_runs(events: list[tuple],
         _call("Trainer 1"),
         _hook("on_init_end"),
         ("close", first, "finished"),
-        ("open", second),
         _call("train 1"),
         _hook("on_train_begin"),
+        ("open", second),
         _hook("on_log"),
         _hook("on_train_end"),
         ("close", second, "finished"),
@@ -266,7 +268,7 @@ def test_hf_two_trainers_sharing_one_callback_make_two_runs(events: list[tuple],
 def test_hf_hyperparameter_search_makes_one_run_per_trial(events: list[tuple], tmp_path: Path) -> None:
     """``hyperparameter_search`` (optuna, 2 trials) on ONE ``Trainer``: one run per trial.
 
-    Trial 0 uses the run opened at ``on_init_end`` (before its ``on_train_begin``); it is closed
+    Trial 0 uses the run opened at its ``on_train_begin``; it is closed
     ``finished`` at trial 0's ``on_train_end``, reopened (same hash) by the objective's ``evaluate()``,
     and closed again by our ``on_train_begin`` of trial 1 (the first hook of a trial), which then opens
     trial 1's new run, before any other hook of that trial. Trial 1's run closes at its ``on_train_end``,
@@ -304,10 +306,10 @@ def test_hf_hyperparameter_search_makes_one_run_per_trial(events: list[tuple], t
     assert _sequence(events) == [
         _call("model_init"),  # Trainer(model_init=...) builds a model at once
         _hook("on_init_end"),
-        ("open", trial_0),
         _call("hyperparameter_search"),
         _call("model_init"),  # trial 0
         _hook("on_train_begin"),
+        ("open", trial_0),
         _hook("on_log"),
         _hook("on_train_end"),
         ("close", trial_0, "finished"),

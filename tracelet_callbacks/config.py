@@ -42,6 +42,11 @@ class TraceletConfig:
             server; ``python -m tracelet_callbacks sync`` sends the runs later.
         spool_path: the local AIM repo that holds a server's runs until the server has them; default
             ``.aim-spool`` in the working folder (made absolute when resolved).
+        resume: what loading a checkpoint does to the run: ``"auto"`` continues the run that wrote it and
+            removes the points that run logged after the checkpoint's step; ``"append"`` continues it and
+            keeps them; ``"never"`` starts a new run.
+        resume_from: a checkpoint file or folder a plain script (or an Accelerate ``load_state``) loads:
+            the run that wrote it (``Experiment.mark_checkpoint``) is continued, as ``resume`` says.
         buffer_size: how many records the writer holds before it must write.
         run_hash: an existing run to continue.
         artifacts_uri: where artifacts are copied (``file://...`` or ``s3://...``); default: a folder
@@ -74,6 +79,8 @@ class TraceletConfig:
     remote_uri: str | None = None
     offline: bool = False
     spool_path: str = ".aim-spool"
+    resume: str = "auto"
+    resume_from: str | None = None
     buffer_size: int = 1000
     run_hash: str | None = None
     artifacts_uri: str | None = None
@@ -127,6 +134,8 @@ ENV_VARS: dict[str, str] = {
     "TRACELET_AIM_REMOTE": "remote_uri",
     "TRACELET_OFFLINE": "offline",
     "TRACELET_SPOOL": "spool_path",
+    "TRACELET_RESUME": "resume",
+    "TRACELET_RESUME_FROM": "resume_from",
     "TRACELET_AIM_RUN_HASH": "run_hash",
     "TRACELET_AIM_ARTIFACTS_URI": "artifacts_uri",
     "TRACELET_BUFFER_SIZE": "buffer_size",
@@ -143,6 +152,9 @@ ENV_VARS: dict[str, str] = {
 
 #: What ``watch`` takes (see :class:`TraceletConfig`).
 WATCH_CHOICES: tuple[str | None, ...] = ("gradients", "parameters", "all", None)
+
+#: What ``resume`` takes (see :class:`TraceletConfig`).
+RESUME_MODES: tuple[str, ...] = ("auto", "append", "never")
 
 #: The writer modes (see :class:`TraceletConfig`).
 WRITER_MODES: tuple[str, ...] = ("process", "thread", "sync")
@@ -252,6 +264,10 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
         raise ValueError(f"tracelet: watch must be one of {WATCH_CHOICES}, got {cfg.watch!r}")
     if not isinstance(cfg.watch_freq, int) or isinstance(cfg.watch_freq, bool) or cfg.watch_freq < 1:
         raise ValueError(f"tracelet: watch_freq must be a positive int, got {cfg.watch_freq!r}")
+    if cfg.resume not in RESUME_MODES:
+        raise ValueError(f"tracelet: resume must be one of {', '.join(RESUME_MODES)}, got {cfg.resume!r}")
+    if cfg.resume_from is not None and not isinstance(cfg.resume_from, (str, os.PathLike)):
+        raise ValueError(f"tracelet: resume_from must be a path, got {type(cfg.resume_from).__name__}")
     if cfg.writer not in WRITER_MODES:
         raise ValueError(f"tracelet: writer must be one of {', '.join(WRITER_MODES)}, got {cfg.writer!r}")
     for folder in ("repo_path", "spool_path"):
@@ -296,6 +312,8 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
             f"tracelet: artifacts_uri {cfg.artifacts_uri!r} is not a store aim can write; use one of "
             + ", ".join(f"{scheme}://" for scheme in ARTIFACT_SCHEMES)
         )
+    if cfg.resume_from is not None:
+        changes["resume_from"] = os.path.abspath(os.path.expanduser(os.fspath(cfg.resume_from)))
     return dataclasses.replace(cfg, **changes)
 
 

@@ -151,4 +151,19 @@ class Native(_Tracked):
     value: Any
 
 
-Record = Union[Scalar, Histogram, Images, Text, LogLine, Audio, Params, Tags, RunInfo, Artifact, Native]  # noqa: UP007
+@dataclass(frozen=True)
+class Resumed:
+    """The run is continued from a checkpoint taken at ``step`` (``None``: step unknown).
+
+    Unless ``keep``, points an interrupted attempt logged after ``step`` are removed from every series
+    (the new attempt logs those steps again). Either way ``(time, step)`` is added to ``run["resumed"]``.
+    """
+
+    step: int | None
+    keep: bool = False
+    timestamp: float = field(default_factory=_now)
+
+
+Record = Union[  # noqa: UP007
+    Scalar, Histogram, Images, Text, LogLine, Audio, Params, Tags, RunInfo, Artifact, Native, Resumed
+]

@@ -165,7 +165,8 @@ class Translator:
                 return False
             step, epoch = position
         name, where = hit
-        self.last_step = step
+        if step is not None:
+            self.last_step = step
         if self.watch_loss is not None and type(number) is float and number - number != 0.0:
             self.watch_loss(name, number, step)  # NaN or inf, while watch() looks for them
         self._add(_new_scalar(_Scalar, (name, number, step, epoch, where, _now())))
@@ -217,7 +218,8 @@ class Translator:
                 watch(name, number, step)
             batch.append(_new_scalar(_Scalar, (name, number, step, epoch, where, now)))
         if batch:
-            self.last_step = step
+            if step is not None:
+                self.last_step = step
             self.sink.submit(batch)
 
     def track(

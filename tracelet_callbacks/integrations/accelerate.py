@@ -8,12 +8,14 @@ a later ``start()`` (another ``init_trackers``) opens a new one.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 from ..config import TraceletConfig, coerce
 from ..run.experiment import Experiment, RunHandle
 from ..run.lifecycle import RunLifecycle
+from ..run.resume import find_resume_point
 
 try:
     from accelerate.tracking import GeneralTracker, on_main_process
@@ -60,37 +62,77 @@ class TraceletAimTracker(GeneralTracker):
         self.run_name = self._config.run_name
         # made here, used by start() on the main process only (accelerate's policy decides the rank)
         self._runs = RunLifecycle(self._config)
+        self._begun = False  # start() was called: the run is made on first use
+        self._params: Any = None  # init_trackers' config, stored once the run is known (see _current)
+        self._hooked: set[int] = set()  # the accelerators whose save_state / load_state we follow
 
     @property
     def tracker(self) -> RunHandle:
         """``aim.Run``'s writing surface over this run; a do-nothing stand-in before ``start()`` and on
         other processes."""
-        if not self._runs.started:
+        if not self._begun:
             return self._runs.stand_in.run
+        self._current()
         return self._runs.handle
 
     @property
     def experiment(self) -> Experiment | None:
         """The :class:`~tracelet_callbacks.Experiment` behind the tracker (``None`` until started)."""
-        return self._runs.made
+        return self._current() if self._begun else self._runs.made
 
     @on_main_process
     def start(self) -> None:
         if self._runs.finished:  # init_trackers() again after end_training(): a new run
             self._runs.next_run(self.run_name)
-        self._runs.open()
+        # a bad repo or a server that is down fails here; the run is made on first use, after a
+        # load_state() that may name the run to continue
+        self._runs.check()
+        self._begun = True
+        self._follow_checkpoints()
+
+    def _current(self) -> Experiment:
+        exp = self._runs.current()
+        if self._params is not None:
+            params, self._params = self._params, None
+            exp.log_params(params)
+        return exp
+
+    def _follow_checkpoints(self) -> None:
+        """``save_state`` marks its folder with this run; ``load_state`` of a marked folder continues
+        that run, rewound to the step it was saved at (``resume`` setting). The accelerator is the
+        ``init_trackers`` caller on the stack (a tracker is never given it)."""
+        frame = sys._getframe(2)
+        for _ in range(8):
+            if frame is None:
+                return
+            candidate = frame.f_locals.get("self")
+            if frame.f_code.co_name == "init_trackers" and hasattr(candidate, "register_load_state_pre_hook"):
+                if id(candidate) not in self._hooked:
+                    self._hooked.add(id(candidate))
+                    candidate.register_save_state_pre_hook(self._on_save_state)
+                    candidate.register_load_state_pre_hook(self._on_load_state)
+                return
+            frame = frame.f_back
+
+    def _on_save_state(self, models: Any, weights: Any, output_dir: str) -> None:
+        if self._begun and not self._runs.finished:
+            self._current().mark_checkpoint(output_dir)
+
+    def _on_load_state(self, models: Any, input_dir: str) -> None:
+        if self._begun and (point := find_resume_point(input_dir, self._config)) is not None:
+            self._runs.continue_from(point)
 
     @on_main_process
     def store_init_configuration(self, values: dict) -> None:
         """Store ``values`` (nested dicts, namespaces, dataclasses ...) as the run's ``hparams``."""
-        self._runs.current().log_params(values)
+        self._params = values
 
     @on_main_process
     def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
         """Scalars routed by the shared table (``val_loss`` -> ``loss`` in subset ``val``); strings as
         text. An ``epoch`` key is AIM's epoch of the call, as in Lightning, not a series; ``epoch=``
         (which wins over it) and ``context=`` are passed on as ``aim.Run.track`` takes them."""
-        translator = self._runs.current().translator
+        translator = self._current().translator
         if translator is not None:
             translator.scalars(values, step, kwargs.get("epoch"), kwargs.get("context"), text=True)
 
@@ -100,7 +142,7 @@ class TraceletAimTracker(GeneralTracker):
     ) -> None:
         """Images as ``{name: image}`` or ``{name: (image, caption)}``: numpy arrays, tensors or PIL
         images in ``dataformats`` (``HWC`` as aim and W&B take them; ``NHWC`` ... for a batch)."""
-        translator = self._runs.current().translator
+        translator = self._current().translator
         if translator is None:
             return
         batch = dataformats.upper().startswith("N") or dataformats.upper() == "CNHW"
@@ -124,5 +166,7 @@ class TraceletAimTracker(GeneralTracker):
     @on_main_process
     def finish(self) -> None:
         """Flush, record status ``finished``, close and index the run (``Accelerator.end_training``)."""
-        if self._runs.started:
+        if self._begun:
+            self._current()  # a run that logged nothing still shows its params
+            self._begun = False
             self._runs.finish("finished")

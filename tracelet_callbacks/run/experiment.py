@@ -19,6 +19,7 @@ from ..core.translator import Translator
 from ..errors import TraceletError, TraceletWarning
 from . import exits
 from .monitor import SystemMonitor, monitor
+from .resume import ResumePoint, find_resume_point, mark_checkpoint
 from .terminal import TerminalCapture
 from .watch import Watchers
 
@@ -62,6 +63,8 @@ class Experiment:
         self._monitor: SystemMonitor | bool | None = None  # False: asked, and sampling is off
         self._watchers = Watchers()
         self._terminal: TerminalCapture | None = None
+        #: The checkpoint this run continues from (set by an adapter, or found from ``resume_from``).
+        self.resume_point: ResumePoint | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -77,7 +80,14 @@ class Experiment:
             # the sink imports aim: keep that off `import tracelet_callbacks`
             from ..sink.writer import open_sink
 
+            cfg = self.config
+            if self.resume_point is None and cfg.resume_from and not cfg.run_hash and cfg.resume != "never":
+                self.resume_point = find_resume_point(cfg.resume_from, cfg)
+                if self.resume_point is not None:
+                    self.config = cfg.replace(run_hash=self.resume_point.run_hash, run_name=None, tags=None)
             sink = open_sink(self.config)
+            if self.resume_point is not None:
+                sink.submit([rec.Resumed(self.resume_point.step, keep=self.config.resume == "append")])
             self._sink = sink
             self._translator = Translator(sink, routing=self.config.routing, strict=self.config.strict)
             self._opened = True
@@ -179,6 +189,24 @@ class Experiment:
             self.close("failed")
 
     # -- the seed's API -----------------------------------------------------------------------------
+
+    def mark_checkpoint(self, checkpoint: str | os.PathLike, step: int | None = None) -> None:
+        """Record in a checkpoint you saved (a folder, or a file) that this run wrote it at ``step``
+        (default: the last step logged), so ``start_logging(resume_from=checkpoint)`` in a new process
+        continues this run and rewinds it to that step. A failure to write is one warning."""
+        if not self.enabled:
+            return
+        self.open()
+        if step is None and self._translator is not None:
+            step = self._translator.last_step
+        try:
+            mark_checkpoint(checkpoint, self.hash, step, self.config)
+        except OSError as exc:
+            warnings.warn(
+                f"tracelet: could not record run {self.hash} in checkpoint {os.fspath(checkpoint)!r}: {exc}",
+                TraceletWarning,
+                stacklevel=2,
+            )
 
     def log_params(self, params: Any) -> None:
         """Store hyperparameters (dict, Namespace, dataclass, config objects) under ``run["hparams"]``."""

@@ -36,6 +36,7 @@ from typing import Any
 from ..config import TraceletConfig
 from ..core.records import normalise_status
 from .experiment import Experiment, RunHandle
+from .resume import ResumePoint
 from .watch import Watchers
 
 __all__ = ["RunLifecycle"]
@@ -55,6 +56,7 @@ class RunLifecycle:
         self.run_name: str | None = config.run_name  # the current run's name, known without opening
         self._exp: Experiment | None = None
         self._resume: str | None = None  # an ended run, continued on next use
+        self._checkpoint: ResumePoint | None = None  # a checkpoint's run, continued on next use
         self._ended: str | None = None  # the last run ended, whatever comes next
         self._runs = 0  # experiments made; the ``run_hash`` setting names the first one only
         self._finished = False
@@ -76,6 +78,12 @@ class RunLifecycle:
     def _make(self, first_hash: Callable[[], str | None] | None) -> Experiment:
         if not self.enabled:
             return Experiment(self.config, enabled=False)
+        if self._checkpoint is not None:
+            point, self._checkpoint = self._checkpoint, None
+            self._runs += 1
+            exp = Experiment(self.config.replace(run_hash=point.run_hash, run_name=None, tags=None))
+            exp.resume_point = point
+            return exp
         if self._resume is not None:
             resumed = self.config.replace(run_hash=self._resume, run_name=None, tags=None)
             self._resume = None
@@ -94,6 +102,30 @@ class RunLifecycle:
         """Open the current run now (a bad repo or a server that is down fails here)."""
         return self.current().open()
 
+    def check(self) -> None:
+        """Fail now if the repo cannot be written or the server does not answer, without making a run
+        (an adapter that may yet learn which run to continue, from a checkpoint)."""
+        if self.enabled and not self.started:
+            from ..sink.writer import check_target
+
+            check_target(self.config)
+        elif self.enabled:
+            self.open()
+
+    def continue_from(self, point: ResumePoint) -> None:
+        """From here on, continue the run that wrote the checkpoint being loaded, rewound to its step
+        (as ``resume`` says). A run already made for this attempt is closed as it is."""
+        if not self.enabled or self.config.resume == "never":
+            return
+        exp = self._exp
+        if exp is not None and point.run_hash in (exp.config.run_hash, exp.hash if exp.is_open else None):
+            if not exp.is_open:
+                exp.resume_point = point
+            return
+        if exp is not None:
+            self.end("finished")
+        self._resume, self._finished, self._checkpoint = None, False, point
+
     @property
     def made(self) -> Experiment | None:
         """The current experiment if it was made, without making one (a copy's run waits to be
@@ -107,7 +139,7 @@ class RunLifecycle:
     @property
     def started(self) -> bool:
         """A run was made (or is waiting to be continued, or was finished) since :meth:`next_run`."""
-        return self._exp is not None or self._resume is not None or self._finished
+        return self._exp is not None or self._resume is not None or self._finished or bool(self._checkpoint)
 
     @property
     def finished(self) -> bool:
@@ -121,6 +153,8 @@ class RunLifecycle:
             return None
         if self._resume is not None:
             return self._resume
+        if self._checkpoint is not None:
+            return self._checkpoint.run_hash
         if self._finished and (self._exp is None or self._exp.closed):
             return self._ended  # finished for good: the run it was, not a new one
         exp = self.current()

@@ -65,6 +65,8 @@ class AimSink(Sink):
         self.index_error: str | None = None
         self.status: str | None = None
         self._heartbeat = Heartbeat(self) if heartbeat else None
+        #: How the sink tells the user about the run (a rewind); the writer process passes it on.
+        self.notify: Any = _warn
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -263,8 +265,25 @@ class AimSink(Sink):
                 run.description = record.description
         elif isinstance(record, rec.Artifact):
             self._store_artifact(run, record)
+        elif isinstance(record, rec.Resumed):
+            self._resumed(run, record)
         else:
             raise TypeError(f"unknown record type {type(record).__name__}")
+
+    def _resumed(self, run: Any, record: rec.Resumed) -> None:
+        from .rewind import rewind
+
+        removed = 0
+        if record.step is not None and not record.keep:
+            removed = rewind(run, record.step)
+        run["resumed"] = [*(run.get("resumed") or []), {"time": record.timestamp, "step": record.step}]
+        if removed:
+            self.notify(
+                f"tracelet: continuing run {run.hash} from its checkpoint at step {record.step}: removed "
+                f"{removed} points the interrupted attempt logged after it (resume='append' keeps them)"
+            )
+        else:
+            log.info("tracelet: continuing run %s from step %s", run.hash, record.step)
 
     @staticmethod
     def _track_at(run: Any, value: Any, record: Any, name: str | None = None) -> None:
@@ -337,6 +356,11 @@ class AimSink(Sink):
             self.index_error = index_run(repo, run.hash)
             if self.index_error:
                 warnings.warn(f"tracelet: {self.index_error}", TraceletWarning, stacklevel=3)
+
+
+def _warn(text: str) -> None:
+    log.warning("%s", text)
+    warnings.warn(text, TraceletWarning, stacklevel=2)
 
 
 def _aim_image(image: rec.ImageData) -> Any:

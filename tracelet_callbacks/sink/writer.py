@@ -35,7 +35,7 @@ from . import wire
 from .buffered import CLOSE_TIMEOUT, BufferedSink, Unavailable
 from .contract import Sink
 
-__all__ = ["ProcessSink", "ThreadSink", "open_sink"]
+__all__ = ["ProcessSink", "ThreadSink", "check_target", "open_sink"]
 
 log = logging.getLogger("tracelet_callbacks")
 
@@ -53,11 +53,7 @@ def open_sink(config: TraceletConfig) -> Sink:
         sink: Sink = config.sink_factory(config)
         sink.open()
         return sink
-    from .run import check_repo_path, check_server  # neither imports aim
-
-    if config.remote_uri and not config.offline:
-        check_server(config.remote_uri)
-    check_repo_path(config.spool_path if config.remote_uri else config.repo_path)
+    check_target(config)
     if config.writer == "sync":
         from .forward import aim_sink
 
@@ -77,6 +73,18 @@ def open_sink(config: TraceletConfig) -> Sink:
         sink = ThreadSink(config)
         sink.open()
     return sink
+
+
+def check_target(config: TraceletConfig) -> None:
+    """Fail now, in the training process, if the repo folder cannot be written or the server does not
+    answer (no run is made; aim is not imported)."""
+    if config.sink_factory is not None:
+        return
+    from .run import check_repo_path, check_server
+
+    if config.remote_uri and not config.offline:
+        check_server(config.remote_uri)
+    check_repo_path(config.spool_path if config.remote_uri else config.repo_path)
 
 
 class _Worker:

@@ -2,7 +2,10 @@
 
 How a run lives (the choice differs from "close at exit" on purpose):
 
-* it opens at ``on_init_end``, so ``callback.experiment`` can track values before training;
+* ``on_init_end`` checks the repo or server (a bad one fails at ``Trainer(...)``); the run is made on
+  first use, normally ``on_train_begin``, once ``train(resume_from_checkpoint=...)`` has said whether
+  it continues the run that wrote that checkpoint (each checkpoint folder carries its run in
+  ``tracelet-run.json``; see ``run/resume.py``); ``callback.experiment`` can track values before;
 * params (``TrainingArguments``, the model's config, parameter counts, the PEFT config) are stored at
   ``on_train_begin``;
 * it is **closed at** ``on_train_end`` with status ``finished``: AIM lists a run only once it is closed
@@ -35,7 +38,7 @@ from ...run.checkpoints import CheckpointStore
 from ...run.experiment import RunHandle
 from ...run.lifecycle import RunLifecycle
 from ...run.ranks import global_rank
-from .info import SUMMARY_KEYS, checkpoint_folder, save_model, store_model_params
+from .info import SUMMARY_KEYS, checkpoint_folder, resume_point, save_model, store_model_params
 
 try:
     from transformers import TrainerCallback
@@ -138,7 +141,9 @@ class TraceletCallback(TrainerCallback):
             self._runs.next_run(self._base_name)
         self._name_from(args)
         if self._is_main(state):
-            self._runs.open()  # a bad repo or a server that is down fails at Trainer(...)
+            # a bad repo or a server that is down fails at Trainer(...); the run itself is made on first
+            # use, once train() has said whether it continues a checkpoint's run
+            self._runs.check()
 
     def _name_from(self, args: Any) -> None:
         if self._base_name is None and getattr(args, "run_name", None):
@@ -150,6 +155,8 @@ class TraceletCallback(TrainerCallback):
         if not self._is_main(state):
             return
         self._name_from(args)
+        if (point := resume_point(args, state, self._config)) is not None:
+            self._runs.continue_from(point)
         if state.is_hyper_param_search:
             self._begin_trial(state)
         self._trained = self._training = True
@@ -219,6 +226,7 @@ class TraceletCallback(TrainerCallback):
             return
         name = os.path.basename(folder)
         translator.params({"last": folder, "saved": {name: folder}}, key="checkpoints")
+        self._runs.current().mark_checkpoint(folder, state.global_step)  # a new process continues this run
         if self._config.log_model == "all":
             self._checkpoints.store(self._runs.current(), [folder], "checkpoints", settings=args)
             self._runs.flush()

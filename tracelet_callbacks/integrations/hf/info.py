@@ -5,10 +5,13 @@ checkpoint folder just saved, and the final model saved for storing. Framework c
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
+from ...config import TraceletConfig
 from ...core.params import parameter_counts
 from ...core.translator import Translator
+from ...run.resume import ResumePoint, find_resume_point
 
 __all__ = ["SUMMARY_KEYS", "checkpoint_folder", "save_model", "store_model_params"]
 
@@ -44,6 +47,35 @@ def checkpoint_folder(output_dir: str, step: int) -> str | None:
         candidates += [os.path.join(output_dir, sub, name) for sub in os.listdir(output_dir)]
     found = [path for path in candidates if os.path.isdir(path)]
     return os.path.abspath(max(found, key=os.path.getmtime)) if found else None
+
+
+def resume_point(args: Any, state: Any, config: TraceletConfig) -> ResumePoint | None:
+    """The run that wrote the checkpoint ``trainer.train(resume_from_checkpoint=...)`` loaded (its
+    ``tracelet-run.json``), at the checkpoint's step; ``None`` for a fresh start or a foreign checkpoint.
+
+    ``Trainer`` has read the checkpoint's state by ``on_train_begin`` (``global_step`` > 0) but tells
+    callbacks no path: the argument is read from the ``train`` frames on the stack, else the
+    ``checkpoint-<step>`` folder under ``output_dir`` is taken.
+    """
+    if not state.global_step or config.resume == "never" or config.run_hash:
+        return None
+    for candidate in (_resume_argument(), checkpoint_folder(args.output_dir, state.global_step)):
+        point = find_resume_point(candidate, config)
+        if point is not None:
+            return ResumePoint(point.run_hash, point.step if point.step is not None else state.global_step)
+    return None
+
+
+def _resume_argument() -> Any:
+    frame = sys._getframe(2)
+    for _ in range(24):
+        if frame is None:
+            break
+        value = frame.f_locals.get("resume_from_checkpoint")
+        if isinstance(value, (str, os.PathLike)):
+            return value
+        frame = frame.f_back
+    return None
 
 
 def save_model(model: Any, processing_class: Any, folder: str) -> None:
