@@ -209,3 +209,32 @@ def test_accelerate_load_state_continues_the_run_that_saved_it(tmp_path: Path) -
     run = aim.Run(first, repo=str(repo), read_only=True)
     assert [entry["step"] for entry in run["resumed"]] == [20]
     assert run["hparams"] == {"lr": 0.1}
+
+
+def test_lightning_fit_from_a_checkpoint_continues_its_run_rewound_to_the_checkpoint_step(
+    tmp_path: Path,
+) -> None:
+    pl = pytest.importorskip("lightning.pytorch")
+    sys.path.insert(0, str(TESTS))
+    from lightning_helpers import classes, trainer_kwargs
+    from tracelet_callbacks import TraceletAimLogger
+
+    module_class, data_class = classes(pl)
+    repo, folder = tmp_path / "repo", tmp_path / "ckpts"
+
+    def attempt(max_steps: int, ckpt_path: str | None) -> str:
+        logger = TraceletAimLogger(repo_path=str(repo), experiment_name="pl-resume")
+        every = pl.callbacks.ModelCheckpoint(dirpath=folder, every_n_train_steps=8, save_top_k=-1)
+        settings = trainer_kwargs(max_epochs=-1, max_steps=max_steps, enable_checkpointing=True)
+        trainer = pl.Trainer(logger=logger, callbacks=[every], limit_val_batches=0, **settings)
+        trainer.fit(module_class(), datamodule=data_class(), ckpt_path=ckpt_path)
+        return logger.version
+
+    first = attempt(12, None)  # "preempted" after step 12; its last checkpoint was taken at step 8
+    (checkpoint,) = [path for path in folder.glob("*.ckpt") if "step=8" in path.name]
+    second = attempt(16, str(checkpoint))
+    assert second == first
+    found = series(repo, first)
+    # logged at every step with the value of the step: 0..15 once each, 9..11 of the second attempt
+    assert found['step_seen{"subset": "train"}'] == [(step, float(step)) for step in range(16)]
+    assert [entry["step"] for entry in aim.Run(first, repo=str(repo), read_only=True)["resumed"]] == [8]

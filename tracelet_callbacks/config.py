@@ -44,7 +44,8 @@ class TraceletConfig:
             ``.aim-spool`` in the working folder (made absolute when resolved).
         resume: what loading a checkpoint does to the run: ``"auto"`` continues the run that wrote it and
             removes the points that run logged after the checkpoint's step; ``"append"`` continues it and
-            keeps them; ``"never"`` starts a new run.
+            keeps them; ``"never"`` starts a new run. ``"allow"``: ``run_hash`` names the run to continue,
+            made with that hash if there is none yet (one name for a job whose processes start apart).
         resume_from: a checkpoint file or folder a plain script (or an Accelerate ``load_state``) loads:
             the run that wrote it (``Experiment.mark_checkpoint``) is continued, as ``resume`` says.
         buffer_size: how many records the writer holds before it must write.
@@ -154,7 +155,7 @@ ENV_VARS: dict[str, str] = {
 WATCH_CHOICES: tuple[str | None, ...] = ("gradients", "parameters", "all", None)
 
 #: What ``resume`` takes (see :class:`TraceletConfig`).
-RESUME_MODES: tuple[str, ...] = ("auto", "append", "never")
+RESUME_MODES: tuple[str, ...] = ("auto", "append", "never", "allow")
 
 #: The writer modes (see :class:`TraceletConfig`).
 WRITER_MODES: tuple[str, ...] = ("process", "thread", "sync")

@@ -57,6 +57,7 @@ class RunLifecycle:
         self._exp: Experiment | None = None
         self._resume: str | None = None  # an ended run, continued on next use
         self._checkpoint: ResumePoint | None = None  # a checkpoint's run, continued on next use
+        self._reserved: str | None = None  # the hash the first run is made under (see reserve)
         self._ended: str | None = None  # the last run ended, whatever comes next
         self._runs = 0  # experiments made; the ``run_hash`` setting names the first one only
         self._finished = False
@@ -92,15 +93,36 @@ class RunLifecycle:
             dropped = Experiment(self.config)
             dropped.close("finished")  # never opened: writes nothing
             return dropped
+        if self._reserved is not None and self._runs == 0:
+            self._runs += 1
+            return Experiment(
+                self.config.replace(run_hash=self._reserved, resume="allow", run_name=self.run_name)
+            )
         run_hash = self.config.run_hash if self._runs == 0 else None
+        point = None
         if run_hash is None and self._runs == 0 and first_hash is not None:
-            run_hash = first_hash()
+            found = first_hash()
+            if isinstance(found, ResumePoint):  # a checkpoint's run, and the step to rewind it to
+                point = found if self.config.resume != "never" else None
+                found = point.run_hash if point is not None else None
+            run_hash = found
         self._runs += 1
-        return Experiment(self.config.replace(run_hash=run_hash, run_name=self.run_name))
+        exp = Experiment(self.config.replace(run_hash=run_hash, run_name=self.run_name))
+        exp.resume_point = point
+        return exp
 
     def open(self) -> Experiment:
         """Open the current run now (a bad repo or a server that is down fails here)."""
         return self.current().open()
+
+    def reserve(self) -> None:
+        """Choose the first run's hash now, without making the run: copies of this lifecycle made
+        before it (a logger pickled into ``ddp_spawn`` processes) then continue one run, made by
+        whichever uses it first, and this one knows its hash."""
+        if self.enabled and not self.started and self._reserved is None and not self.config.run_hash:
+            import uuid
+
+            self._reserved = uuid.uuid4().hex[:24]  # aim's own form of a run hash
 
     def check(self) -> None:
         """Fail now if the repo cannot be written or the server does not answer, without making a run
@@ -155,6 +177,8 @@ class RunLifecycle:
             return self._resume
         if self._checkpoint is not None:
             return self._checkpoint.run_hash
+        if self._reserved is not None and self._exp is None and self._runs == 0:
+            return self._reserved
         if self._finished and (self._exp is None or self._exp.closed):
             return self._ended  # finished for good: the run it was, not a new one
         exp = self.current()
@@ -170,7 +194,8 @@ class RunLifecycle:
     def known_hash(self) -> str | None:
         """The hash already known without making or opening anything (a copy's run, the setting)."""
         exp = self._exp
-        return self._resume or (exp.config.run_hash if exp is not None else None) or self.config.run_hash
+        made = exp.config.run_hash if exp is not None else None
+        return self._resume or made or self._reserved or self.config.run_hash
 
     @property
     def stand_in(self) -> Experiment:

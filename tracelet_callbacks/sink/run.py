@@ -25,7 +25,7 @@ from ..errors import TraceletError, TraceletWarning
 from .contract import Sink
 from .environment import environment_params
 from .heartbeat import Heartbeat
-from .series import ScalarBatcher, roomier_storage
+from .series import ScalarBatcher, new_run_with_hash, roomier_storage
 
 __all__ = ["AimSink", "check_repo_path", "check_server", "index_run"]
 
@@ -116,10 +116,15 @@ class AimSink(Sink):
             clear = getattr(getattr(aim.Repo, "_all_run_hashes", None), "cache_clear", None)
             if clear is not None:
                 clear()
+        made_here = bool(cfg.run_hash and cfg.resume == "allow" and not self._exists(repo, cfg.run_hash))
         try:
-            with roomier_storage() if not cfg.remote_uri else contextlib.nullcontext():
+            with contextlib.ExitStack() as context:
+                if not cfg.remote_uri:
+                    context.enter_context(roomier_storage())
+                if made_here:  # a new run under the name the job chose for it
+                    context.enter_context(new_run_with_hash(cfg.run_hash))
                 run = aim.Run(
-                    run_hash=cfg.run_hash,
+                    run_hash=None if made_here else cfg.run_hash,
                     repo=repo,
                     experiment=cfg.experiment_name,
                     # aim's collector measures the process it runs in (the writer): ours samples the trainer
@@ -135,7 +140,7 @@ class AimSink(Sink):
             return run  # the writer that died had set everything below already
         if cfg.run_name:
             run.name = cfg.run_name
-        if cfg.run_hash:
+        if cfg.run_hash and not made_here:
             previous = run.get("status")
             if previous:
                 run["resumed_from_status"] = previous
@@ -146,6 +151,14 @@ class AimSink(Sink):
             log.debug("tracelet: could not record environment info: %s", exc)
         run.set_artifacts_uri(cfg.artifacts_uri or self._default_artifacts_uri())
         return run
+
+    @staticmethod
+    def _exists(repo: Any, run_hash: str) -> bool:
+        from aim import Repo
+
+        return (
+            Repo.from_path(repo).run_exists(run_hash) if isinstance(repo, str) else repo.run_exists(run_hash)
+        )
 
     def _local_repo(self, repo_path: str) -> Any:
         from aim import Repo

@@ -34,7 +34,7 @@ from typing import Any
 
 from ..core import records as rec
 
-__all__ = ["ScalarBatcher", "roomier_storage"]
+__all__ = ["ScalarBatcher", "new_run_with_hash", "roomier_storage"]
 
 #: The write buffers of a run's series database while we write it (aim opens it with one of 1 MB).
 SERIES_WRITE_BUFFER = 16 * 1024 * 1024
@@ -71,6 +71,24 @@ def roomier_storage() -> Iterator[None]:
         yield
     finally:
         aimrocks.Options = original
+
+
+@contextlib.contextmanager
+def new_run_with_hash(run_hash: str) -> Iterator[None]:
+    """While this is open, a new ``aim.Run`` gets ``run_hash`` instead of a random one.
+
+    ``aim.Run(run_hash=...)`` only continues a run that exists; a spooled run must appear on the
+    server under the hash it was spooled with. aim draws a new run's hash from
+    ``aim.sdk.base_run.generate_run_hash`` (aim 3.29, pinned by ``aim<4``).
+    """
+    from aim.sdk import base_run
+
+    original = base_run.generate_run_hash
+    base_run.generate_run_hash = lambda *args, **kwargs: run_hash
+    try:
+        yield
+    finally:
+        base_run.generate_run_hash = original
 
 
 class ScalarBatcher:

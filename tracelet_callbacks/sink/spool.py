@@ -15,14 +15,15 @@ tests/test_team.py against a live ``aim server``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SYNC_JOURNAL", "copy_run", "new_run_with_hash", "spooled_runs", "sync_spool"]
+from .series import new_run_with_hash
+
+__all__ = ["SYNC_JOURNAL", "copy_run", "open_run", "spooled_runs", "sync_spool"]
 
 #: The file, inside the spool folder, that records which finished runs a server has whole.
 SYNC_JOURNAL = "tracelet-sync.json"
@@ -30,24 +31,6 @@ SYNC_JOURNAL = "tracelet-sync.json"
 _CHUNK = 2000
 #: The arrays a series is made of, in aim's layout.
 _ARRAYS = ("val", "step", "epoch", "time")
-
-
-@contextlib.contextmanager
-def new_run_with_hash(run_hash: str) -> Iterator[None]:
-    """While this is open, a new ``aim.Run`` gets ``run_hash`` instead of a random one.
-
-    ``aim.Run(run_hash=...)`` only continues a run that exists; a spooled run must appear on the
-    server under the hash it was spooled with. aim draws a new run's hash from
-    ``aim.sdk.base_run.generate_run_hash`` (aim 3.29, pinned by ``aim<4``).
-    """
-    from aim.sdk import base_run
-
-    original = base_run.generate_run_hash
-    base_run.generate_run_hash = lambda *args, **kwargs: run_hash
-    try:
-        yield
-    finally:
-        base_run.generate_run_hash = original
 
 
 def open_run(repo: Any, run_hash: str, experiment: str | None = None) -> Any:

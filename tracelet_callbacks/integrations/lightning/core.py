@@ -11,7 +11,7 @@ carries ``module.trainer``), is in docs/architecture.md, "How the Lightning logg
 
 **Resuming.** ``version`` (the AIM run hash) is asked before Lightning reads the checkpoint, so the
 run that wrote each checkpoint is recorded beside it and found again from the ``Trainer._run`` frame
-(see :func:`~tracelet_callbacks.integrations.lightning.info.running_trainer`). ``run_hash=`` wins.
+(see :func:`~tracelet_callbacks.integrations.lightning.resume.running_trainer`). ``run_hash=`` wins.
 
 **One run across stages.** ``finalize`` closes the run (flushed, status recorded, indexed, so
 ``aim.Repo`` sees it as soon as ``fit`` returns); a later ``validate`` / ``test`` with the same logger
@@ -21,7 +21,6 @@ reopens that same run.
 from __future__ import annotations
 
 import os
-import sys
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -29,25 +28,27 @@ from typing import Any, ClassVar
 from lightning_utilities.core.rank_zero import rank_zero_only
 
 from ...config import TraceletConfig, coerce
-from ...core.records import normalise_status
 from ...core.translator import Translator
 from ...errors import TraceletError, WarnOnce
 from ...run.checkpoints import CheckpointStore
 from ...run.experiment import Experiment, RunHandle
 from ...run.lifecycle import RunLifecycle
 from .info import (
-    CHECKPOINT_INDEX,
     attached_trainer,
     checkpoint_files,
     checkpoint_summary,
+    final_status,
+    model_params,
+    store_optimizers,
+    trainer_params,
+)
+from .resume import (
+    CHECKPOINT_INDEX,
     foreign_checkpoint,
     index_checkpoints,
-    model_params,
-    optimizer_params,
+    point_of_checkpoint,
     repo_label,
-    run_of_checkpoint,
     running_trainer,
-    trainer_params,
 )
 
 __all__ = ["CHECKPOINT_INDEX", "AimLoggerCore"]
@@ -86,11 +87,11 @@ class AimLoggerCore:
         checkpoint being loaded, if any."""
         return self._runs.current(self._checkpoint_run)
 
-    def _checkpoint_run(self) -> str | None:
+    def _checkpoint_run(self) -> Any:
         trainer, checkpoint = running_trainer(self, self._trainer_type, self._trainer_ref)
         if trainer is not None:
             self._trainer_ref = weakref.ref(trainer)
-        return run_of_checkpoint(checkpoint)
+        return point_of_checkpoint(checkpoint)
 
     def _opened(self) -> Experiment:
         return self._live().open()  # a checkpoint's run missing from this repo is an error here
@@ -158,7 +159,7 @@ class AimLoggerCore:
         if translator is None:
             return
         if self._optimizers_pending:
-            self._store_optimizers(translator)
+            self._optimizers_pending = not store_optimizers(translator, self._trainer_ref)
         translator.scalars(metrics, step)
 
     @rank_zero_only
@@ -181,8 +182,7 @@ class AimLoggerCore:
             self._trainer_stored = True
             translator.params(trainer_params(trainer), key="trainer")
         if fitting:  # validate / test keep the fit's optimizers around, with their decayed lr
-            self._optimizers_pending = True
-            self._store_optimizers(translator)
+            self._optimizers_pending = not store_optimizers(translator, self._trainer_ref)
 
     @rank_zero_only
     def watch(self, model: Any, log: str | None = "gradients", log_freq: int = 100) -> None:
@@ -204,7 +204,8 @@ class AimLoggerCore:
         exp = self._opened()
         if not any(known is checkpoint_callback for known in self._checkpoint_callbacks):
             self._checkpoint_callbacks.append(checkpoint_callback)
-        index_checkpoints(checkpoint_callback, {"run_hash": exp.hash, "repo": repo_label(self._config)})
+        step = getattr(self._trainer_ref and self._trainer_ref(), "global_step", None)
+        index_checkpoints(checkpoint_callback, {"run_hash": exp.hash, "repo": repo_label(self._config)}, step)
         if exp.translator is not None:
             exp.translator.params(checkpoint_summary(checkpoint_callback), key="checkpoint")
         if self._config.log_model == "all":
@@ -225,12 +226,7 @@ class AimLoggerCore:
             return
         if not self._runs.started:
             return  # no run was ever needed
-        if status == "failed" and isinstance(sys.exc_info()[1], KeyboardInterrupt):
-            status = "interrupted"  # Lightning says "failed" for Ctrl-C too
-        try:
-            status = normalise_status(status)
-        except ValueError:
-            status = "failed"
+        status = final_status(status)
         exp = self._runs.current()
         if exp.is_open and status == "finished" and self._config.log_model is True:
             for callback in self._checkpoint_callbacks:
@@ -243,18 +239,13 @@ class AimLoggerCore:
 
     # -- helpers ------------------------------------------------------------------------------------
 
-    def _store_optimizers(self, translator: Translator) -> None:
-        trainer = self._trainer_ref() if self._trainer_ref is not None else None
-        optimizers, schedulers = optimizer_params(trainer)
-        if not optimizers:
-            return
-        self._optimizers_pending = False
-        translator.params(optimizers, key="optimizers")
-        if schedulers:
-            translator.params(schedulers, key="schedulers")
-
     def __getstate__(self) -> dict[str, Any]:
-        """Live handles stay behind; the run travels by hash (see :class:`RunLifecycle`)."""
+        """Live handles stay behind; the run travels by hash (see :class:`RunLifecycle`).
+
+        Pickled before any run exists (``ddp_spawn`` copies the logger into new processes), the run's
+        hash is chosen here: every copy makes or continues that one run, and this process knows it."""
+        if _rank() == 0:
+            self._runs.reserve()
         state = self.__dict__.copy()
         state.update(_trainer_ref=None, _checkpoint_callbacks=[])
         return state

@@ -9,31 +9,24 @@ Framework-free (duck-typed on the attributes Lightning's objects have), so both 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
 
-from ...config import TraceletConfig
 from ...core.params import parameter_counts
+from ...core.records import normalise_status
 
 __all__ = [
-    "CHECKPOINT_INDEX",
     "attached_trainer",
     "checkpoint_files",
     "checkpoint_summary",
-    "foreign_checkpoint",
-    "index_checkpoints",
+    "final_status",
     "model_params",
     "optimizer_params",
-    "repo_label",
-    "run_of_checkpoint",
-    "running_trainer",
+    "store_optimizers",
     "trainer_params",
 ]
 
-#: File beside the checkpoints: ``{file name: {"run_hash": ..., "repo": ...}}``.
-CHECKPOINT_INDEX = "tracelet-runs.json"
 #: The checkpoint entries that hold ``save_hyperparameters()`` of the module and the datamodule.
 #: Scheduler state that is progress, not configuration.
 _SCHEDULER_STATE = frozenset({"last_epoch", "verbose", "best", "num_bad_epochs", "cooldown_counter"})
@@ -81,6 +74,17 @@ def trainer_params(trainer: Any) -> dict[str, Any]:
     if seed:
         settings["seed"] = int(seed) if seed.lstrip("-").isdigit() else seed
     return settings
+
+
+def store_optimizers(translator: Any, trainer_ref: Any) -> bool:
+    """The trainer's optimizers (and schedulers) as run params; ``False`` when there are none yet."""
+    optimizers, schedulers = optimizer_params(trainer_ref() if trainer_ref is not None else None)
+    if not optimizers:
+        return False
+    translator.params(optimizers, key="optimizers")
+    if schedulers:
+        translator.params(schedulers, key="schedulers")
+    return True
 
 
 def optimizer_params(trainer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -146,96 +150,14 @@ def checkpoint_summary(callback: Any) -> dict[str, Any]:
     return {key: value for key, value in summary.items() if value is not None}
 
 
-def repo_label(config: TraceletConfig) -> str:
-    return config.remote_uri or os.path.abspath(config.repo_path)
-
-
-def index_checkpoints(callback: Any, entry: dict[str, str]) -> None:
-    """Record ``entry`` (this run) for the callback's checkpoint files in the folder's index."""
-    folder = getattr(callback, "dirpath", None)
-    if not folder or "://" in str(folder) or not os.path.isdir(folder):
-        return  # remote checkpoint folders: resume with run_hash=
-    path = os.path.join(folder, CHECKPOINT_INDEX)
-    index = _read_index(path)
-    for file in checkpoint_files(callback, everything=True):
-        if os.path.dirname(os.path.abspath(file)) == os.path.abspath(folder):
-            index[os.path.basename(file)] = entry
-    # entries of checkpoints that ModelCheckpoint has since deleted would only mislead
-    index = {name: value for name, value in index.items() if os.path.exists(os.path.join(folder, name))}
-    temporary = f"{path}.{os.getpid()}.tmp"
+def final_status(status: str) -> str:
+    """Lightning's ``finalize`` status as a run status (it says ``failed`` for Ctrl-C too)."""
+    if status == "failed" and isinstance(sys.exc_info()[1], KeyboardInterrupt):
+        return "interrupted"
     try:
-        with open(temporary, "w") as handle:
-            json.dump(index, handle, indent=1, sort_keys=True)
-        os.replace(temporary, path)
-    except OSError:
-        pass  # a read-only folder only costs the automatic resume
-
-
-def _read_index(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as handle:
-            found = json.load(handle)
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def run_of_checkpoint(checkpoint: Any) -> str | None:
-    """The run that wrote ``checkpoint``, from the index beside it."""
-    if not checkpoint or not isinstance(checkpoint, (str, os.PathLike)) or "://" in str(checkpoint):
-        return None
-    path = os.fspath(checkpoint)
-    entry = _read_index(os.path.join(os.path.dirname(path), CHECKPOINT_INDEX)).get(os.path.basename(path))
-    run_hash = entry.get("run_hash") if isinstance(entry, dict) else None
-    return run_hash if isinstance(run_hash, str) else None
-
-
-_STACK_DEPTH = 32
-
-
-def running_trainer(logger: Any, trainer_type: type | None, known: Any = None) -> tuple[Any, Any]:
-    """The trainer running ``logger`` and the checkpoint it was asked to load (``fit(ckpt_path=...)``).
-
-    ``version`` is the AIM run hash and is asked in step 1, before Lightning has read the
-    checkpoint. So each ``after_save_checkpoint`` records which run wrote which file in a small index
-    beside the checkpoints (``tracelet-runs.json``), and when the logger first needs its run it looks for
-    the ``Trainer._run`` call on the stack that lists this logger and reads the checkpoint path it was
-    given. That stack look-up is the one place we lean on a Lightning internal; without it we fall back
-    to ``trainer.ckpt_path`` and, if a different run was already opened, say so. ``run_hash=`` names the
-    run explicitly and always wins.
-
-    Why no cleaner signal (checked against lightning 2.6.6): ``fit`` / ``validate`` / ``test`` pass the
-    result of ``_checkpoint_connector._select_ckpt_path(...)`` to ``_run`` only as an argument.
-    ``trainer.ckpt_path`` reads ``_checkpoint_connector._ckpt_path``, which ``resume_start`` sets inside
-    ``_restore_modules_and_callbacks``, after ``_call_setup_hook`` has already asked for the run (step 1
-    above); before that it holds only what a user assigned with ``trainer.ckpt_path = ...`` (which the
-    frame's ``ckpt_path`` then equals anyway). So the ``_run`` frame is the only place the path exists in
-    time.
-    """
-    frame = sys._getframe(1)
-    for _ in range(_STACK_DEPTH):
-        if frame is None or trainer_type is None:
-            break
-        if frame.f_code.co_name == "_run":
-            candidate = frame.f_locals.get("self")
-            loggers = getattr(candidate, "loggers", None) or ()
-            if isinstance(candidate, trainer_type) and any(item is logger for item in loggers):
-                return candidate, frame.f_locals.get("ckpt_path")
-        frame = frame.f_back
-    trainer = known() if known is not None else None
-    return trainer, getattr(trainer, "ckpt_path", None)
-
-
-def foreign_checkpoint(trainer: Any, run_hash_setting: str | None, version: str | None) -> str | None:
-    """What to say when the checkpoint a trainer loads belongs to another run than the logger's."""
-    recorded = run_of_checkpoint(getattr(trainer, "ckpt_path", None))
-    if not recorded or run_hash_setting is not None or recorded == version:
-        return None
-    return (
-        f"tracelet: the checkpoint being loaded belongs to AIM run {recorded}, but this logger already "
-        f"writes to run {version} (its run was opened before fit); pass run_hash={recorded!r} to continue "
-        "that run"
-    )
+        return normalise_status(status)
+    except ValueError:
+        return "failed"
 
 
 def attached_trainer(module: Any) -> Any:
