@@ -70,15 +70,16 @@ class TraceletAimTracker(GeneralTracker):
     def tracker(self) -> RunHandle:
         """``aim.Run``'s writing surface over this run; a do-nothing stand-in before ``start()`` and on
         other processes."""
-        if not self._begun:
+        if not self._begun and not self._runs.started:
             return self._runs.stand_in.run
-        self._current()
-        return self._runs.handle
+        if self._begun:
+            self._current()
+        return self._runs.handle  # after end_training() too: the run it was
 
     @property
     def experiment(self) -> Experiment | None:
         """The :class:`~tracelet_callbacks.Experiment` behind the tracker (``None`` until started)."""
-        return self._current() if self._begun else self._runs.made
+        return self._runs.made
 
     @on_main_process
     def start(self) -> None:

@@ -126,7 +126,8 @@ class AimSink(Sink):
                 run = aim.Run(
                     run_hash=None if made_here else cfg.run_hash,
                     repo=repo,
-                    experiment=cfg.experiment_name,
+                    # a continued run keeps its experiment (the setting has a default, never "unset")
+                    experiment=cfg.experiment_name if made_here or not cfg.run_hash else None,
                     # aim's collector measures the process it runs in (the writer): ours samples the trainer
                     system_tracking_interval=None,
                     log_system_params=False,  # aim's collector needs pkg_resources (gone in setuptools 81)
@@ -494,6 +495,8 @@ def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
             if remote:
                 index = repo._get_index_tree("meta", 0).view(())
                 chunk = repo.request_tree("meta", run_hash, read_only=True)
+                # a server merges into what its index held: a series a resume rewound away would stay
+                del index[("meta", "chunks", run_hash)]
             else:
                 containers = [repo._get_index_container("meta", 0)]
                 containers.append(repo.request_container("meta", run_hash, read_only=True))

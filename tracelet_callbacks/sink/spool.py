@@ -6,10 +6,11 @@ spool run has the hash the server's run has (or will have), so :func:`copy_run` 
 up to date at any time: after an outage, from ``python -m tracelet_callbacks sync``, or twice.
 
 Copying is by storage key, not by replaying values: every point of a series sits at a key made from
-its step, so a copy made twice, or after an interrupted one, leaves each point once. The run's meta
-data (params, series bookkeeping, end time) is replaced as a whole by the spool's, which always holds
-everything. aim 3.29 has no public call for either (``Run.track`` can only append), so this uses
-its tree views (``request_tree``, ``items``, ``update``, ``make_array``; pinned by ``aim<4`` and by
+its step, so a copy made twice, or after an interrupted one, leaves each point once. The target's
+series and its meta data (params, series bookkeeping, end time) are replaced as a whole by the
+spool's, which always holds everything (points a resumed run rewound are gone from both). aim 3.29
+has no public call for either (``Run.track`` can only append), so this uses its tree views
+(``request_tree``, ``items``, ``update``, ``make_array``, ``del``; pinned by ``aim<4`` and by
 tests/test_team.py against a live ``aim server``).
 """
 
@@ -85,10 +86,13 @@ def copy_run(source: Any, run_hash: str, target: Any, progress: Callable[[int], 
     sent = 0
     seqs = source.request_tree("seqs", run_hash, read_only=True)
     remote_seqs = target.request_tree("seqs", run_hash, read_only=False)
+    # the target's points go first: what the source no longer has (a rewound resume) must go there too
+    for layout in (("seqs", "v2", "chunks", run_hash), ("seqs", "chunks", run_hash)):
+        del remote_seqs[layout]
     for path in _series_paths(source, run_hash):
         for array in _ARRAYS:
             items = seqs.subtree((*path, array))
-            keys = items.items()
+            keys = iter(items.items())  # a server's tree answers with a list
             first = next(keys, None)
             if first is None:
                 continue
