@@ -150,7 +150,8 @@ def test_batched_ingestion_on_a_server_equals_run_track(repo_dir: Path, aim_serv
     for tag, _name, _context, value, step, epoch in events:
         exp.log_metric(tag, value, step, epoch=epoch)
     exp.close()
-    assert isinstance(exp._sink._sink._batcher, ScalarBatcher)  # one request per array, not per value
+    # the forwarder's run on the server: one request per array, not per value
+    assert isinstance(exp._sink._sink.live_sink._batcher, ScalarBatcher)
 
     ours, theirs = indexed_series(folder, exp.hash), indexed_series(folder, reference)
     assert ours.keys() == theirs.keys() == expected_series(events).keys()

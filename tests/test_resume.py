@@ -17,6 +17,8 @@ from pathlib import Path
 
 import aim
 import pytest
+from aim.storage.context import Context
+from PIL import Image
 
 import tracelet_callbacks as tracelet
 
@@ -40,6 +42,8 @@ def _plain_attempt(repo: Path, checkpoint: Path, scale: float, steps: range, **s
         if step % 5 == 0:
             exp.log_metrics({"val/acc": step * scale}, step=step)
         exp.log_metric("counter", step * scale)  # automatic steps
+        if step in (10, 28) and "resume_from" not in settings:  # an object series (aim's first layout)
+            exp.run.track(aim.Image(Image.new("RGB", (4, 4), (step, 0, 0))), name="pictures", step=step)
         if step == 20 and not checkpoint.exists():
             checkpoint.mkdir()
             exp.mark_checkpoint(checkpoint)  # the last step logged: 20
@@ -64,12 +68,14 @@ def test_a_plain_script_resumed_from_a_marked_checkpoint_continues_and_rewinds(t
         (s, s * 10.0) for s in range(25, 41, 5)
     ]
     assert "only_first" not in found  # logged only after the checkpoint, by the attempt that died
+    pictures = aim.Run(first, repo=str(repo), read_only=True).get_image_sequence("pictures", Context({}))
+    assert list(pictures.data.items_list()[0]) == [10]  # the one at 28 came after the checkpoint
     run = aim.Run(first, repo=str(repo), read_only=True)
     assert [entry["step"] for entry in run["resumed"]] == [20]
     assert run["status"] == "finished"
     said = [str(w.message) for w in caught if issubclass(w.category, tracelet.TraceletWarning)]
-    # loss 21..30, counter 21..30, acc 25 and 30, only_first 25: 23 points
-    assert any("removed 23 points" in text and first in text for text in said), said
+    # loss 21..30, counter 21..30, acc 25 and 30, only_first 25, the picture at 28: 24 points
+    assert any("removed 24 points" in text and first in text for text in said), said
 
 
 def test_resume_append_keeps_what_the_interrupted_attempt_logged(tmp_path: Path) -> None:

@@ -182,6 +182,12 @@ def sync(spool: str | None, remote_uri: str | None, runs: tuple[str, ...]) -> No
     except Exception as exc:
         click.echo(f"error: {str(exc).removeprefix('tracelet: ')}", err=True)
         sys.exit(1)
+    from .sink.stale import close_stale, open_repo
+
+    # a spooled run whose writer died (a crash while offline) would be sent as still running, and
+    # would stay "active" on the server: closed as killed here first, as `runs close-stale` would
+    for row in close_stale(open_repo(config.spool_path), older_than=60.0):
+        click.echo(f"  {row.hash}  closed as killed in the spool (its writer is gone)")
     chosen = list(runs) or None
     bar: Any = None
     if sys.stderr.isatty():

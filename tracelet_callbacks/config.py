@@ -51,7 +51,8 @@ class TraceletConfig:
         buffer_size: how many records the writer holds before it must write.
         run_hash: an existing run to continue.
         artifacts_uri: where artifacts are copied (``file://...`` or ``s3://...``); default: a folder
-            ``aim-artifacts`` beside the repo.
+            ``aim-artifacts`` beside the repo (with ``remote_uri``: in the working folder, on the
+            training machine; use ``s3://`` for a team).
         flush_secs: the longest a logged value waits before it is written.
         system_tracking_interval: seconds between CPU / GPU / memory samples; ``None``, ``0`` or ``"off"``
             turns it off.

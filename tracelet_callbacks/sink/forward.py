@@ -127,6 +127,8 @@ class ForwardingSink(Sink):
         self._generation = 0
         self._stuck = 0  # forwarders replaced because a call to the server never returned
         self._server: Any = None  # the aim.Repo of the server, a new one after each outage
+        #: The sink writing the server's run live (the last one, after an outage); ``None`` before.
+        self.live_sink: AimSink | None = None
         self._steps: dict[tuple, int] = {}
         self._heartbeat = Heartbeat(self, tick=self._check_stall)
         #: How news about the server reaches the user: a warning here; the writer process passes it
@@ -436,6 +438,7 @@ class ForwardingSink(Sink):
             return None
         live = AimSink(self.config.replace(run_hash=self.hash, run_name=None, tags=None), takeover=True)
         live.open()
+        self.live_sink = live
         return live
 
     def _send(self, live: AimSink, items: list) -> None:

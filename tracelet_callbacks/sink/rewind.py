@@ -36,7 +36,7 @@ def rewind(run: Any, step: int) -> int:
             if version == 2:
                 found = dict(seqs.subtree((*path, "step")).items())
             else:  # the first layout keys each point by its step
-                found = {key: key for key in seqs.subtree((*path, "val")).keys_eager()}
+                found = {key: key for key, _ in seqs.subtree((*path, "val")).items()}
             doomed = [key for key, at in found.items() if at > step]
             for key in doomed:
                 for array in _ARRAYS:
