@@ -459,3 +459,40 @@ def test_forked_dataloader_workers_with_a_remote_run_finish_with_one_run(server:
     assert _series(run, "loss", {"subset": "train", "granularity": "step"}) == _steps(report)
     assert sorted(_series(run, "loss", {"subset": "val"})) == [3, 7]
     _assert_no_local_repo(server, tmp_path)
+
+
+@pytest.mark.parametrize("job", ["lightning-ddp", "hf-torchrun"])
+def test_lightning_ddp_and_hf_under_torchrun_write_one_run_on_a_server(
+    job: str, server: str, tmp_path: Path
+) -> None:
+    """The jobs tests/test_distributed.py runs against a local repo, pointed at the server by
+    ``TRACELET_AIM_REMOTE`` (which wins over nothing the scripts pass: they name only ``repo_path``)."""
+    from test_distributed import HF_JOB, LIGHTNING_JOB
+
+    pytest.importorskip("transformers" if job == "hf-torchrun" else "lightning")
+    before = _runs(server)
+    port = str(free_port())
+    script, launcher = (
+        (LIGHTNING_JOB, [sys.executable]) if job == "lightning-ddp" else (HF_JOB, _torchrun(port))
+    )
+    _launch(
+        tmp_path,
+        script,
+        launcher,
+        str(tmp_path / "unused"),
+        TRACELET_AIM_REMOTE=server,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=port,
+        TOKENIZERS_PARALLELISM="false",
+    )
+    reports = [path.read_text().split() for path in sorted(tmp_path.glob("report-*.txt"))]
+    added = _new_runs(server, before)
+    assert list(added) == [reports[0][2]] and reports[1][2] == "None", _summary(added)
+    (run,) = added.values()
+    assert run["name"] == job.replace("-torchrun", "-ddp") and run["status"] == "finished"
+    assert not run["active"] and run["hparams"]
+    wanted = {"subset": "train", "granularity": "step"} if job == "lightning-ddp" else {"subset": "train"}
+    losses = [steps for name, context, steps, _ in run["series"] if name == "loss" and context == wanted]
+    # rank 0's steps, each once (Lightning counts from 0, HF from 1)
+    assert losses == ([[0, 1, 2, 3]] if job == "lightning-ddp" else [[1, 2, 3]])
+    assert not (tmp_path / "unused").exists()  # nothing went to the local repo
