@@ -465,8 +465,8 @@ def test_forked_dataloader_workers_with_a_remote_run_finish_with_one_run(server:
 def test_lightning_ddp_and_hf_under_torchrun_write_one_run_on_a_server(
     job: str, server: str, tmp_path: Path
 ) -> None:
-    """The jobs tests/test_distributed.py runs against a local repo, pointed at the server by
-    ``TRACELET_AIM_REMOTE`` (which wins over nothing the scripts pass: they name only ``repo_path``)."""
+    """The jobs tests/test_distributed.py runs against a local repo, sent to the server instead: the
+    scripts name only ``repo_path``, and ``TRACELET_AIM_REMOTE`` in their environment adds a server."""
     from test_distributed import HF_JOB, LIGHTNING_JOB
 
     pytest.importorskip("transformers" if job == "hf-torchrun" else "lightning")
