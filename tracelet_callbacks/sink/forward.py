@@ -77,6 +77,7 @@ def _defuse(repo: Any) -> None:
     queue._shutdown = True
     queue.register_task = lambda *args, **kwargs: None
     queue.wait_for_finish = lambda: None
+    inner.task_done = lambda: None  # a task its thread is sending now must not trip over the reset
     with inner.all_tasks_done:
         inner.queue.clear()
         inner.unfinished_tasks = 0
@@ -127,8 +128,7 @@ class ForwardingSink(Sink):
         self._generation = 0
         self._stuck = 0  # forwarders replaced because a call to the server never returned
         self._server: Any = None  # the aim.Repo of the server, a new one after each outage
-        #: The sink writing the server's run live (the last one, after an outage); ``None`` before.
-        self.live_sink: AimSink | None = None
+        self._client_left: int | None = None  # tasks aim's client held when last looked at
         self._steps: dict[tuple, int] = {}
         self._heartbeat = Heartbeat(self, tick=self._check_stall)
         #: How news about the server reaches the user: a warning here; the writer process passes it
@@ -237,6 +237,7 @@ class ForwardingSink(Sink):
             started = probed = time.monotonic()
             unreachable = False
             while not self._done.wait(0.1):
+                self._client_moved()
                 now = time.monotonic()
                 quiet = now - max(self._sent_at, started)
                 if quiet > 1.0 and now - probed > 1.0:  # nothing taken for a second: is it there at all?
@@ -315,7 +316,9 @@ class ForwardingSink(Sink):
         with self._wake:
             if not self._behind:
                 if self._queued + len(items) > QUEUE_LIMIT:
-                    self._fall_behind(f"more than {QUEUE_LIMIT} values are waiting for it")
+                    # a server slower than the loop, not a server gone: the copy from the spool is
+                    # its fastest way to catch up, and nothing needs saying
+                    self._fall_behind(f"more than {QUEUE_LIMIT} values are waiting for it", say=False)
                 else:
                     if not self._busy and not self._queue:
                         self._touch()  # idle until now: the clock for being stuck starts here
@@ -324,8 +327,19 @@ class ForwardingSink(Sink):
                     self._wake.notify_all()
         self._check_stall()
 
+    def _client_moved(self) -> None:
+        """aim's client sending its queue counts as progress, even while the forwarder waits inside
+        one of its calls (a read waits for every queued write first)."""
+        inner = getattr(getattr(getattr(self._server, "_client", None), "_queue", None), "_queue", None)
+        left = getattr(inner, "unfinished_tasks", None)
+        if left is not None and left != self._client_left:
+            if self._client_left is not None:
+                self._touch(sent=1)
+            self._client_left = left
+
     def _check_stall(self) -> None:
         """A forwarder stuck in a call to the server for :data:`STALL_SECS` is replaced."""
+        self._client_moved()
         with self._wake:
             if self._thread is None or self._done.is_set() or self._closing is not None:
                 return
@@ -340,7 +354,7 @@ class ForwardingSink(Sink):
                 self._generation += 1
                 self._thread = None
 
-    def _fall_behind(self, why: str) -> None:
+    def _fall_behind(self, why: str, say: bool = True) -> None:
         """(under ``_wake``) Stop queueing for the server; the spool has everything."""
         self._behind = True
         self._queue.clear()
@@ -348,7 +362,7 @@ class ForwardingSink(Sink):
         if self._server is not None:
             _defuse(self._server)
             self._server = None
-        if not self._outage_said:
+        if say and not self._outage_said:
             self._outage_said = True
             self.notify(
                 f"tracelet: the AIM server at {self.remote_uri} is behind ({why}); run {self.hash} goes on "
@@ -385,9 +399,10 @@ class ForwardingSink(Sink):
                         return
                     continue
                 if items:
-                    self._send(live, items)
+                    self._send(live, items, generation)
                     items = []
                     continue
+                self._drain(live.run.repo, generation)
                 live.close(closing)  # closing, and everything queued was sent
                 if live.index_error:
                     self.notify(f"tracelet: {live.index_error}")
@@ -425,7 +440,10 @@ class ForwardingSink(Sink):
         # a new client: aim's old one may be wedged by the outage (its pool is by address)
         self._server = aim.Repo(self.remote_uri)
         aim.Repo._pool[self.remote_uri] = self._server
-        copy_run(aim.Repo.from_path(self.config.spool_path), self.hash, self._server, self._touch)
+        spool = aim.Repo.from_path(self.config.spool_path)
+        copy_run(
+            spool, self.hash, self._server, self._touch, drain=lambda repo: self._drain(repo, generation)
+        )
         self._touch(sent=1)
         if self._outage_said:
             self._outage_said = False
@@ -438,10 +456,24 @@ class ForwardingSink(Sink):
             return None
         live = AimSink(self.config.replace(run_hash=self.hash, run_name=None, tags=None), takeover=True)
         live.open()
-        self.live_sink = live
         return live
 
-    def _send(self, live: AimSink, items: list) -> None:
+    def _drain(self, repo: Any, generation: int) -> None:
+        """Wait until aim's client has sent all it holds, counting each task it sends as progress: a
+        busy server is slow, not gone. (aim's ``RequestQueue`` keeps its tasks in a ``queue.Queue``.)"""
+        inner = getattr(getattr(getattr(repo, "_client", None), "_queue", None), "_queue", None)
+        if inner is None:
+            repo._client.get_queue().wait_for_finish()
+            return
+        last = None
+        with inner.all_tasks_done:
+            while inner.unfinished_tasks and generation == self._generation:
+                if inner.unfinished_tasks != last:
+                    last = inner.unfinished_tasks
+                    self._touch(sent=1)
+                inner.all_tasks_done.wait(0.5)
+
+    def _send(self, live: AimSink, items: list, generation: int) -> None:
         records = [item for item in items if type(item) is not _StoredArtifact]
         if records:
             live.submit(records)
@@ -451,13 +483,14 @@ class ForwardingSink(Sink):
         with self._wake:
             caught_up = not self._queue
         if caught_up:
-            live.flush()
+            self._drain(live.run.repo, generation)
         self._touch(sent=len(items))
 
     def _finished(self, generation: int) -> None:
         with self._wake:
             if generation == self._generation:
                 self._record_synced()
+                self._server = None  # the run is on the server: its client may go with the sink
                 self._done.set()
 
     def _record_synced(self) -> None:

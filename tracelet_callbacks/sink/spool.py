@@ -57,12 +57,19 @@ def open_run(repo: Any, run_hash: str, experiment: str | None = None) -> Any:
     return run
 
 
-def copy_run(source: Any, run_hash: str, target: Any, progress: Callable[[int], None] | None = None) -> int:
+def copy_run(
+    source: Any,
+    run_hash: str,
+    target: Any,
+    progress: Callable[[int], None] | None = None,
+    drain: Callable[[Any], None] | None = None,
+) -> int:
     """Make ``run_hash`` in ``target`` equal to the same run in ``source`` (both ``aim.Repo``).
 
     Structured fields (name, experiment, description, tags) through ``aim.Run``; every series point
     by its key; then the run's meta data as a whole; then the run is indexed. Returns the number of
-    points sent. ``progress`` is called with each chunk's count.
+    points sent. ``progress`` is called with each chunk's count; ``drain(target)`` waits until a
+    server has taken what aim's client queued (default: aim's own wait).
     """
     import aim
 
@@ -108,8 +115,8 @@ def copy_run(source: Any, run_hash: str, target: Any, progress: Callable[[int], 
             sent += _count(array, chunk, progress)
     meta = source.request_tree("meta", run_hash, read_only=True).collect()
     target.request_tree("meta", run_hash, read_only=False).set((), meta, strict=False)
-    if target.is_remote_repo:
-        target._client.get_queue().wait_for_finish()
+    if target.is_remote_repo:  # aim's client sends from a queue: the copy is done once it is empty
+        (drain or (lambda repo: repo._client.get_queue().wait_for_finish()))(target)
     release_storage(target, run_hash)
     error = index_run(target, run_hash)
     if error:

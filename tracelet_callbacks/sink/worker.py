@@ -40,6 +40,10 @@ def main(argv: list[str]) -> int:
     # trainer hears about that once, from us (wire.Notice)
     logging.getLogger("aim").setLevel(logging.CRITICAL)
     sys.unraisablehook = lambda unraisable: None
+    default_hook = threading.excepthook
+    threading.excepthook = lambda args: (
+        default_hook(args) if args.thread is not None and args.thread.name.startswith("tracelet") else None
+    )
     read_fd, write_fd = int(argv[1]), int(argv[2])
     parent = os.getppid()
     reader = wire.FrameReader(read_fd, alive=lambda: os.getppid() == parent)
