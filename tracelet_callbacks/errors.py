@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["TraceletError", "TraceletValueError", "TraceletWarning", "WarnOnce"]
+__all__ = ["TraceletError", "TraceletValueError", "TraceletWarning", "WarnOnce", "say"]
 
 
 class TraceletError(Exception):
@@ -53,3 +54,10 @@ class WarnOnce:
             raise
         except Exception as exc:
             self(what, f"tracelet: {what} failed ({exc}); training goes on", stacklevel=2)
+
+
+def say(text: str) -> None:
+    """Tell the user ``text`` (a :class:`TraceletWarning` and a log line), from any thread: news about
+    a run that no caller's line stands for (the server went away, a rewind)."""
+    logging.getLogger("tracelet_callbacks").warning("%s", text)
+    warnings.warn(text, TraceletWarning, stacklevel=2)

@@ -23,13 +23,12 @@ import dataclasses
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 from ..config import TraceletConfig
 from ..core import records as rec
-from ..errors import TraceletWarning
+from ..errors import say
 from .contract import Sink
 from .heartbeat import Heartbeat
 from .run import AimSink, check_server
@@ -46,11 +45,6 @@ RETRY_SECS = 1.0
 QUEUE_LIMIT = 200_000
 #: Forwarders replaced after hanging in aim's client before forwarding is given up (``sync`` remains).
 MAX_STUCK = 3
-
-
-def _warn(text: str) -> None:
-    log.warning("%s", text)
-    warnings.warn(text, TraceletWarning, stacklevel=2)
 
 
 def _answers(remote_uri: str) -> bool:
@@ -133,7 +127,7 @@ class ForwardingSink(Sink):
         self._heartbeat = Heartbeat(self, tick=self._check_stall)
         #: How news about the server reaches the user: a warning here; the writer process passes it
         #: on to the training process (``wire.Notice``).
-        self.notify: Callable[[str], None] = _warn
+        self.notify: Callable[[str], None] = say
 
     # -- the AimSink surface the writers use ---------------------------------------------------------
 

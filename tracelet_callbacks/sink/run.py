@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import TraceletConfig
 from ..core import records as rec
-from ..errors import TraceletError, TraceletWarning
+from ..errors import TraceletError, TraceletWarning, say
 from .contract import Sink
 from .environment import environment_params
 from .heartbeat import Heartbeat
@@ -66,7 +66,7 @@ class AimSink(Sink):
         self.status: str | None = None
         self._heartbeat = Heartbeat(self) if heartbeat else None
         #: How the sink tells the user about the run (a rewind); the writer process passes it on.
-        self.notify: Any = _warn
+        self.notify: Any = say
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -370,11 +370,6 @@ class AimSink(Sink):
             self.index_error = index_run(repo, run.hash)
             if self.index_error:
                 warnings.warn(f"tracelet: {self.index_error}", TraceletWarning, stacklevel=3)
-
-
-def _warn(text: str) -> None:
-    log.warning("%s", text)
-    warnings.warn(text, TraceletWarning, stacklevel=2)
 
 
 def _aim_image(image: rec.ImageData) -> Any:

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..config import TraceletConfig
 from ..core import records as rec
-from ..errors import TraceletError, TraceletWarning
+from ..errors import TraceletError, TraceletWarning, say
 from . import wire
 from .buffered import CLOSE_TIMEOUT, BufferedSink, Unavailable
 from .contract import Sink
@@ -280,7 +280,7 @@ class ProcessSink(BufferedSink):
         try:
             answer = inbox.read()
             while type(answer) is wire.Notice:
-                self._notice(answer.text)
+                say(answer.text)
                 answer = inbox.read()
             answered = answer is not None
             if answer is None:  # it died before opening the run: open it from this process instead
@@ -297,7 +297,7 @@ class ProcessSink(BufferedSink):
                     self._acknowledge(*message)
                     continue
                 if type(message) is wire.Notice:
-                    self._notice(message.text)
+                    say(message.text)
                     continue
                 with self._acked:
                     if type(message) is wire.Closed:  # the last reply of this run
@@ -323,11 +323,6 @@ class ProcessSink(BufferedSink):
         elif answered and not handed_back and not self._closed:
             self._writer_gone("its pipe closed")
             threading.Thread(target=self._died_safely, args=("its pipe closed",), daemon=True).start()
-
-    @staticmethod
-    def _notice(text: str) -> None:
-        log.warning("%s", text)
-        warnings.warn(text, TraceletWarning, stacklevel=2)
 
     def _died_safely(self, reason: str) -> None:
         try:
