@@ -580,15 +580,21 @@ def test_terminal_capture_keeps_the_process_writer(repo_dir: Path) -> None:
 # -- 9. artifacts through the writer process --------------------------------------------------------
 
 
-def test_a_failing_artifact_copy_raises_on_the_callers_call(repo_dir: Path) -> None:
+def test_a_failing_artifact_copy_is_a_warning_on_the_callers_call(repo_dir: Path) -> None:
+    """The store cannot take the file: the caller hears it at once (with ``strict``, as an error)
+    and training goes on; the writer is not harmed."""
     blocker = repo_dir / "not-a-folder"
     blocker.write_text("a file where the artifact store should be")
     model = repo_dir / "model.pth"
     model.write_bytes(b"weights")
+    strict = tracelet.Experiment(writer="process", artifacts_uri=f"file://{blocker}", strict=True)
+    with pytest.raises(TraceletError, match=r"model\.pth"):
+        strict.log_artifact(model)
+    strict.close()
     exp = tracelet.Experiment(writer="process", artifacts_uri=f"file://{blocker}")
     exp.log_metric("train/loss", 1.0, 0)
-    with pytest.raises(TraceletError, match=r"model\.pth"):
-        exp.log_artifact(model)
+    with pytest.warns(TraceletWarning, match=r"model\.pth.*training goes on"):
+        assert exp.log_artifact(model) == []
     for step in range(1, 5):
         exp.log_metric("train/loss", 1.0 / (step + 1), step)
     exp.close()

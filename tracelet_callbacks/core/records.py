@@ -137,10 +137,15 @@ class RunInfo:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A file to copy into the run's artifact store under ``name`` (already checked to stay inside)."""
+    """A file to copy into the run's artifact store under ``name`` (already checked to stay inside).
+
+    ``size``: its length when it was logged; no more than that is copied, so a file that is still
+    being written is stored as it was then, not followed while it grows.
+    """
 
     path: str
     name: str
+    size: int | None = None
 
 
 @dataclass(frozen=True)

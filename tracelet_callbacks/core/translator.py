@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import stat
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..errors import TraceletValueError, TraceletWarning, WarnOnce
+from ..errors import TraceletError, TraceletValueError, TraceletWarning, WarnOnce
 from . import records as rec
 from .params import redact, redact_text, scrubbed_json, to_params
 from .routing import RoutingTable, make_table
@@ -421,13 +422,22 @@ class Translator:
             )
         # a JSON config goes in redacted; the sink has copied every artifact when submit returns
         with tempfile.TemporaryDirectory(prefix="tracelet-scrub-") as scratch:
-            batch = [
-                rec.Artifact(scrubbed_json(source, os.path.join(scratch, str(i))), name)
-                if source.endswith(".json")
-                else rec.Artifact(source, name)
-                for i, (source, name) in enumerate(pairs)
-            ]
-            self.sink.submit(batch)
+            batch = []
+            for i, (source, name) in enumerate(pairs):
+                if source.endswith(".json"):
+                    source = scrubbed_json(source, os.path.join(scratch, str(i)))
+                mode = os.stat(source)
+                if not stat.S_ISREG(mode.st_mode):  # a pipe or a device would be read until it ends
+                    self.skip(name, "not a regular file (a pipe, socket or device)", "artifact", depth=1)
+                    continue
+                batch.append(rec.Artifact(source, name, mode.st_size))
+            try:
+                self.sink.submit(batch)
+            except TraceletError as exc:  # the store cannot take it (full, unreachable ...)
+                if self.strict:
+                    raise
+                self._warn(("artifact", str(exc)), f"{exc}; training goes on", stacklevel=3)
+                return []
         return [item.name for item in batch]
 
     def flush(self) -> None:

@@ -15,8 +15,9 @@ from typing import Any
 from ..config import TraceletConfig
 from ..core import records as rec
 from ..core.values import resolve_deferred
-from ..errors import TraceletError, TraceletWarning
+from ..errors import TraceletError, TraceletWarning, say
 from .contract import Sink
+from .watchdog import is_disk_full
 
 __all__ = ["CLOSE_TIMEOUT", "BufferedSink", "Unavailable"]
 
@@ -25,6 +26,9 @@ log = logging.getLogger("tracelet_callbacks")
 #: How many batches may be handed on but not yet durable before the caller waits.
 IN_FLIGHT_BATCHES = 32
 CLOSE_TIMEOUT = 300.0
+#: The longest a caller waits for room when the writer answers nothing at all (a frozen process); a
+#: writer whose storage is stuck says so within seconds (see :mod:`.watchdog`).
+SILENT_WRITER_SECS = 60.0
 
 
 class BufferedSink(Sink):
@@ -50,6 +54,10 @@ class BufferedSink(Sink):
         self._reported = False
         self._hash: str | None = None
         self._artifacts_uri: str | None = None
+        self._stall: str | None = None  # why storage does not answer, while it does not
+        self._stall_told = False
+        self._told_full = False
+        self._dropped = 0  # values logged during a stall that there was no room to hold
         self.status: str | None = None
 
     # -- what the translator and the run handle see -------------------------------------------------
@@ -119,18 +127,56 @@ class BufferedSink(Sink):
                     else:
                         self._hand_on(chunk)
 
-    def _wait_for(self, ready: Any, what: str, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Wait until ``ready()``; if the writer is gone meanwhile, take over from it instead."""
+    def _wait_for(
+        self, ready: Any, what: str, timeout: float = CLOSE_TIMEOUT, give_way: bool = False
+    ) -> bool:
+        """Wait until ``ready()``; if the writer is gone meanwhile, take over from it instead.
+
+        With ``give_way`` a stall of the writer's storage ends the wait (``False`` is returned) rather
+        than the timeout, which then counts as a stall itself: the training loop waits for no storage.
+        """
         deadline = time.monotonic() + timeout
+        silent = False
         with self._acked:
             while not ready() and self._fallback is None and not self._gone:
+                if give_way and self._stall is not None:
+                    return False
                 if time.monotonic() > deadline:
-                    raise TraceletError(f"tracelet: the AIM writer did not {what} within {timeout:.0f} s")
+                    if not give_way:
+                        raise TraceletError(f"tracelet: the AIM writer did not {what} within {timeout:.0f} s")
+                    silent = True
+                    break
                 if not self._acked.wait(0.5):
                     self._poll_writer()
             gone = self._gone and self._fallback is None and not ready()
+        if silent:
+            self._storage_stalled(f"tracelet: the AIM writer did not {what} within {timeout:.0f} s")
+            return False
         if gone:
             self._died(self._gone_reason)
+        return True
+
+    def _storage_stalled(self, reason: str | None) -> None:
+        """The writer's storage stopped answering (``reason``) or answers again (``None``).
+
+        During a stall nothing waits for it: batches that find no room are dropped (counted), and
+        ``flush()`` returns without its confirmation. The first stall of a run is one warning.
+        """
+        with self._acked:
+            stalled, self._stall = self._stall, reason
+            dropped = self._dropped if reason is None else 0
+            tell = reason is not None and not self._stall_told
+            self._stall_told = self._stall_told or tell
+            self._acked.notify_all()
+        if tell:
+            say(
+                f"{reason}; values logged until it answers are dropped when there is no room to hold "
+                "them; training goes on"
+            )
+        elif reason is None and stalled is not None:
+            log.warning(
+                "tracelet: AIM storage answers again (%d values logged meanwhile were dropped)", dropped
+            )
 
     def _check_alive(self) -> None:
         self._poll_writer()
@@ -144,10 +190,18 @@ class BufferedSink(Sink):
             self._acked.notify_all()
 
     def _hand_on(self, batch: list) -> None:
-        self._wait_for(lambda: len(self._in_flight) < IN_FLIGHT_BATCHES, "take a batch")
+        room = self._wait_for(
+            lambda: len(self._in_flight) < IN_FLIGHT_BATCHES,
+            "take a batch",
+            SILENT_WRITER_SECS,
+            give_way=True,
+        )
         with self._acked:
             if self._fallback is not None:
                 self._fallback.submit(batch)
+                return
+            if not room and len(self._in_flight) >= IN_FLIGHT_BATCHES:  # storage is stuck: no waiting
+                self._dropped += len(batch)
                 return
             self._seq += 1
             seq = self._seq
@@ -161,13 +215,16 @@ class BufferedSink(Sink):
     def _acknowledge(self, seq: int, failures: int, error: BaseException | str | None) -> None:
         with self._acked:
             watched = seq in self._watched  # someone waits for this one's outcome (an artifact)
-            report = failures and not self._reported
-            self._reported = self._reported or bool(failures)
+            # The first failure is told, and a full disk however late (it ends all storing). An
+            # artifact's error goes to its caller instead; a writer thread's sink has told its own.
+            full = error is not None and is_disk_full(error) and not self._told_full
+            report = (failures and not self._reported and error is not None and not watched) or full
+            self._reported = self._reported or bool(report)
+            self._told_full = self._told_full or full
         if report:  # said before the batch counts as done, so a flush() that waited for it has seen it
-            shown = None if watched else error
-            log.error("tracelet: writing to AIM failed: %s (training goes on)", shown)
+            log.error("tracelet: writing to AIM failed: %s (training goes on)", error)
             warnings.warn(
-                f"tracelet: writing to AIM failed ({shown}); training goes on", TraceletWarning, stacklevel=2
+                f"tracelet: writing to AIM failed ({error}); training goes on", TraceletWarning, stacklevel=2
             )
         with self._acked:
             self._in_flight.pop(seq, None)
@@ -175,9 +232,12 @@ class BufferedSink(Sink):
             if watched:
                 self._replies[seq] = (error,)
             self._acked.notify_all()
+            answering = self._stall is not None
+        if answering:  # an acknowledgement ends a stall
+            self._storage_stalled(None)
 
     def _wait_durable(self, timeout: float) -> None:
-        self._wait_for(lambda: not self._in_flight, "confirm a write", timeout)
+        self._wait_for(lambda: not self._in_flight, "confirm a write", timeout, give_way=True)
 
     def flush(self) -> None:
         """Return once everything submitted so far is durable."""

@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 import socket
 import threading
 import warnings
@@ -26,6 +27,7 @@ from .contract import Sink
 from .environment import environment_params
 from .heartbeat import Heartbeat
 from .series import ScalarBatcher, new_run_with_hash, roomier_storage
+from .watchdog import is_disk_full
 
 __all__ = ["AimSink", "check_repo_path", "check_server", "index_run"]
 
@@ -61,6 +63,7 @@ class AimSink(Sink):
         self._closed = False
         self._failures = 0
         self._batcher: Any = None  # ScalarBatcher once the run is open; False when unavailable
+        self._disk_full = False  # RocksDB then neither writes nor closes: closing is skipped
         self.last_error: str | None = None
         self.index_error: str | None = None
         self.status: str | None = None
@@ -214,7 +217,12 @@ class AimSink(Sink):
             try:
                 self._batcher.write(scalars)
                 return
-            except Exception as exc:  # a different aim: say so once, then write value by value
+            except Exception as exc:
+                if is_disk_full(exc):
+                    for record in scalars:
+                        self._report_failure(record, exc)
+                    return
+                # a different aim: say so once, then write value by value
                 log.warning("tracelet: batched writing is unavailable (%r); using Run.track", exc)
                 self._batcher = False
         for record in scalars:
@@ -230,11 +238,24 @@ class AimSink(Sink):
 
     def _report_failure(self, record: rec.Record, exc: Exception) -> None:
         self._failures += 1
-        self.last_error = f"{type(record).__name__}: {exc!r}"
-        if self._failures == 1:
-            log.error("tracelet: writing %s to AIM failed: %s (training goes on)", type(record).__name__, exc)
+        full = is_disk_full(exc)
+        if full and self._disk_full:
+            return  # said once: every later value fails the same way
+        if full:
+            self._disk_full = True
+            self.last_error = (
+                f"the disk holding {self._repo_path or self.config.repo_path} is full, so values are not "
+                f"stored from now on and run {self._hash} will stay 'active' (free space, then run "
+                f"`python -m tracelet_callbacks runs close-stale`): {exc}"
+            )
+        else:
+            self.last_error = f"{type(record).__name__}: {exc!r}"
+        if self._failures == 1 or full:
+            log.error("tracelet: writing to AIM failed: %s (training goes on)", self.last_error)
             warnings.warn(
-                f"tracelet: writing to AIM failed: {exc!r}; training goes on", TraceletWarning, stacklevel=4
+                f"tracelet: writing to AIM failed ({self.last_error}); training goes on",
+                TraceletWarning,
+                stacklevel=4,
             )
 
     def _write(self, run: Any, record: rec.Record) -> None:
@@ -311,10 +332,22 @@ class AimSink(Sink):
             run.track(value, context=record.context, **where)
 
     def _store_artifact(self, run: Any, record: rec.Artifact) -> None:
+        uri = run.artifacts_uri or ""
+        if uri.startswith("file://") and record.size is not None:
+            # copied here, as many bytes as the file had when it was logged (aim's copy reads to the
+            # end of a file that may still be growing), then entered as aim's log_artifact does
+            from aim.sdk.objects.artifact import Artifact
+
+            stored = os.path.join(uri[len("file://") :], record.name)
+            os.makedirs(os.path.dirname(stored), exist_ok=True)
+            copy_start(record.path, stored, record.size)
+            run.meta_run_tree.subtree("artifacts")[record.name] = Artifact(
+                record.path, uri=uri, name=record.name
+            )
+            return
         # aim's log_artifact is wrapped in its "noexcept" guard, which only logs in safe mode: block,
         # then check that the copy landed where a file:// store keeps it.
         run.log_artifact(record.path, name=record.name, block=True)
-        uri = run.artifacts_uri or ""
         if uri.startswith("file://"):
             stored = os.path.join(uri[len("file://") :], record.name)
             if not os.path.isfile(stored):
@@ -345,6 +378,12 @@ class AimSink(Sink):
             if run is None:
                 return
             repo = run.repo
+            if self._disk_full:
+                # RocksDB neither writes nor closes without room (closing waits for it forever): the
+                # run is left unclosed, as the warning said, and nothing waits on its databases
+                log.warning("tracelet: run %s is left unclosed: %s", run.hash, self.last_error)
+                abandon_storage(run)
+                return
             try:
                 run["status"] = status
                 if self._failures:
@@ -370,6 +409,16 @@ class AimSink(Sink):
             self.index_error = index_run(repo, run.hash)
             if self.index_error:
                 warnings.warn(f"tracelet: {self.index_error}", TraceletWarning, stacklevel=3)
+
+
+def copy_start(source: str, target: str, size: int) -> None:
+    """Copy the first ``size`` bytes of ``source`` (all of it, if it has shrunk since) to ``target``."""
+    left = size
+    with open(source, "rb") as reading, open(target, "wb") as writing:
+        while left > 0 and (chunk := reading.read(min(left, 1 << 20))):
+            writing.write(chunk)
+            left -= len(chunk)
+    shutil.copymode(source, target)
 
 
 def _aim_image(image: rec.ImageData) -> Any:
@@ -468,6 +517,20 @@ def release_storage(repo: Any, run_hash: str) -> None:
     for config, container in list(repo.container_pool.items()):
         if config.sub == run_hash:
             container.close()
+
+
+def abandon_storage(run: Any) -> None:
+    """Let a run and its databases go without closing them. At exit aim closes what is left: it
+    writes the run's end time and flushes each database, which on a full disk fails or waits forever
+    (and a failure there leaves aim's exit handler waiting forever too). Relies on aim's
+    ``AutoClean.finalizer`` of the run and of its containers (pinned by ``aim<4``)."""
+    holders = [run]
+    if not run.repo.is_remote_repo:
+        holders += [c for config, c in list(run.repo.container_pool.items()) if config.sub == run.hash]
+    for holder in holders:
+        finalizer = getattr(getattr(holder, "_resources", None), "finalizer", None)
+        if finalizer is not None:
+            finalizer.detach()
 
 
 def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:

@@ -32,6 +32,7 @@ __all__ = [
     "Opened",
     "RemoteError",
     "Reply",
+    "Stalled",
     "decode_frame",
     "encode_frame",
     "pack",
@@ -101,6 +102,12 @@ class Notice(NamedTuple):
     """Something the user should hear about the run (the server went away, came back ...)."""
 
     text: str
+
+
+class Stalled(NamedTuple):
+    """Storage stopped answering (``reason``), or answers again (``None``): see :mod:`.watchdog`."""
+
+    reason: str | None
 
 
 class Closed(NamedTuple):

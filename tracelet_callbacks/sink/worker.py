@@ -26,6 +26,7 @@ import warnings
 from typing import Any
 
 from . import wire
+from .watchdog import Watchdog
 
 __all__ = ["main"]
 
@@ -57,9 +58,10 @@ def main(argv: list[str]) -> int:
         except OSError:  # the trainer is gone; keep writing what it sent
             pass
 
-    # a reader thread keeps the pipe drained while this thread is inside aim, so the trainer rarely
-    # finds the pipe full; the queue is bounded, so memory is too
-    inbox: queue.Queue = queue.Queue(maxsize=16)
+    # a reader thread keeps the pipe drained while this thread is inside aim (stuck there, too), so
+    # the trainer never waits on a full pipe. The queue needs no bound of its own: the trainer never
+    # has more than its in-flight limit of batches unacknowledged.
+    inbox: queue.Queue = queue.Queue()
 
     def pump() -> None:
         try:
@@ -84,26 +86,37 @@ def main(argv: list[str]) -> int:
             reply(wire.OpenFailed(wire.portable(exc)))
             continue
         reply(wire.Opened(sink.hash, sink.artifacts_uri))
-        if not _serve(sink, inbox, reply):
-            return 0
+        config = message.config
+        watchdog = Watchdog(
+            config.spool_path if config.remote_uri else config.repo_path,
+            on_stall=lambda reason: reply(wire.Stalled(reason)),
+            orphaned=lambda: os.getppid() != parent,
+        ).start()
+        try:
+            if not _serve(sink, inbox, reply, watchdog):
+                return 0
+        finally:
+            watchdog.stop()
     return 0  # the trainer went away between runs: nothing to close
 
 
-def _serve(sink: Any, inbox: queue.Queue, reply: Any) -> bool:
+def _serve(sink: Any, inbox: queue.Queue, reply: Any, watchdog: Watchdog) -> bool:
     """Write one run's messages until it is closed (``True``) or the trainer vanished (``False``)."""
     reported = None  # a failure the sink recorded is told once, not with every later ack
     while True:
         message = inbox.get()
         if message is None:  # the trainer vanished without closing: keep what it sent, end the run
-            sink.close("killed")
+            with watchdog.busy("closing the run"):
+                sink.close("killed")
             return False
         kind = type(message)
         if kind is wire.Batch:
             error: BaseException | None = None
             try:
-                sink.submit(wire.unpack(message.records))
-                if inbox.empty():  # caught up: make it durable before saying so (a server's queue)
-                    sink.flush()
+                with watchdog.busy("writing values"):
+                    sink.submit(wire.unpack(message.records))
+                    if inbox.empty():  # caught up: make it durable before saying so (a server's queue)
+                        sink.flush()
             except Exception as exc:  # an artifact that could not be stored: the caller is waiting
                 error = wire.portable(exc)
             if error is None and sink.last_error not in (None, reported):
@@ -112,11 +125,14 @@ def _serve(sink: Any, inbox: queue.Queue, reply: Any) -> bool:
             reply(wire.Ack(message.seq, sink.failures, error))
         elif kind is wire.Get:
             try:
-                reply(wire.Reply(message.seq, True, sink.get(message.key)))
+                with watchdog.busy("reading the run"):
+                    value = sink.get(message.key)
+                reply(wire.Reply(message.seq, True, value))
             except Exception as exc:
                 reply(wire.Reply(message.seq, False, wire.portable(exc)))
         elif kind is wire.Close:
-            sink.close(message.status)
+            with watchdog.busy("closing the run"):
+                sink.close(message.status)
             reply(wire.Closed(message.seq, sink.index_error))  # the trainer says it if indexing failed
             return True
 

@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from typing import Any
 
@@ -34,12 +35,14 @@ from ..errors import TraceletError, TraceletWarning, say
 from . import wire
 from .buffered import CLOSE_TIMEOUT, BufferedSink, Unavailable
 from .contract import Sink
+from .watchdog import Watchdog
 
 __all__ = ["ProcessSink", "ThreadSink", "check_target", "open_sink"]
 
 log = logging.getLogger("tracelet_callbacks")
 
 _START_TIMEOUT = 120.0
+CLOSE_GRACE = 10.0  # seconds a stalled storage gets to close the run at the end of training
 _F_SETPIPE_SZ = 1031  # Linux: a 1 MiB pipe holds a whole batch, so a busy writer rarely blocks the trainer
 
 
@@ -299,6 +302,9 @@ class ProcessSink(BufferedSink):
                 if type(message) is wire.Notice:
                     say(message.text)
                     continue
+                if type(message) is wire.Stalled:
+                    self._storage_stalled(message.reason)
+                    continue
                 with self._acked:
                     if type(message) is wire.Closed:  # the last reply of this run
                         self._replies[message.seq] = (True, message.index_error)
@@ -344,7 +350,9 @@ class ProcessSink(BufferedSink):
     def _replay(self, kept: Any) -> list:
         return wire.unpack(wire.decode_frame(kept).records) if isinstance(kept, bytes) else kept
 
-    def _request(self, kind: type, *args: Any, timeout: float = CLOSE_TIMEOUT) -> tuple:
+    def _request(self, kind: type, *args: Any, timeout: float = CLOSE_TIMEOUT, grace: float = 0.0) -> tuple:
+        """Send a request and wait for its reply: ``(ok, value)``. Storage that stalls meanwhile gets
+        ``grace`` more seconds, then the answer is ``(False, why)``."""
         with self._acked:
             self._seq += 1
             seq = self._seq
@@ -352,9 +360,15 @@ class ProcessSink(BufferedSink):
             self._send(kind(seq, *args))
         except OSError as exc:
             self._writer_gone(f"writing to it failed: {exc}")
-        self._wait_for(lambda: seq in self._replies, f"answer {kind.__name__}", timeout)
+
+        def answered() -> bool:
+            return seq in self._replies
+
+        if not self._wait_for(answered, f"answer {kind.__name__}", timeout, give_way=True) and grace:
+            with self._acked:
+                self._acked.wait_for(answered, grace)
         with self._acked:
-            return self._replies.pop(seq, (False, "the writer stopped"))
+            return self._replies.pop(seq, (False, self._stall or "the writer stopped"))
 
     def get(self, key: str) -> Any:
         if self._closed:
@@ -377,10 +391,13 @@ class ProcessSink(BufferedSink):
             self._in_flight[seq] = [record]
             self._watched.add(seq)
         self._deliver(seq, [record])
-        self._wait_for(lambda: seq in self._replies, "store an artifact")
+        self._wait_for(lambda: seq in self._replies, "store an artifact", give_way=True)
         with self._acked:
             self._watched.discard(seq)
+            stalled = seq not in self._replies and self._fallback is None and self._stall is not None
             (error,) = self._replies.pop(seq, (None,))  # after a takeover the fallback stored it
+        if stalled:
+            raise TraceletError(f"tracelet: could not store artifact {record.name!r}: {self._stall}")
         if error is not None:
             raise TraceletError(f"tracelet: could not store artifact {record.name!r}: {error}") from error
 
@@ -390,14 +407,25 @@ class ProcessSink(BufferedSink):
             self._writer_gone(f"exit code {proc.returncode}")
 
     def _close_writer(self, status: str) -> None:
-        ok, index_error = self._request(wire.Close, status)  # answered once the run is closed and indexed
+        # answered once the run is closed and indexed
+        ok, index_error = self._request(wire.Close, status, grace=CLOSE_GRACE)
+        if not ok and self._stall is not None and self._fallback is None:
+            # storage is stuck: the writer cannot close the run, and it must not outlive the trainer
+            warnings.warn(
+                f"tracelet: run {self._hash} was not closed ({self._stall}); its writer was stopped "
+                "and the run stays 'active' until `python -m tracelet_callbacks runs close-stale`",
+                TraceletWarning,
+                stacklevel=4,
+            )
+            self._let_go(keep=False, wait=5.0, kill=True)
+            return
         if ok and index_error:
             warnings.warn(f"tracelet: {index_error}", TraceletWarning, stacklevel=4)
         if self._reader is not None:
             self._reader.join(5.0)
         self._let_go(keep=ok and self._reader is not None and not self._reader.is_alive())
 
-    def _let_go(self, keep: bool, wait: float | None = None) -> None:
+    def _let_go(self, keep: bool, wait: float | None = None, kill: bool = False) -> None:
         """Stop using the writer: keep it for this process's next run, or let it exit (reaped within
         ``wait`` seconds when given, else in the background)."""
         with self._send_lock:  # never under a message being written
@@ -407,6 +435,8 @@ class ProcessSink(BufferedSink):
         if keep:
             _keep_worker(worker)
         else:
+            if kill and worker.owner == os.getpid():
+                worker.proc.kill()
             # a reply thread still reading owns the reply pipe: it closes it when the stream ends
             worker.release(close_input=not (self._reader and self._reader.is_alive()), wait=wait)
 
@@ -440,6 +470,10 @@ class ThreadSink(BufferedSink):
         self._sink = aim_sink(self.config)
         self._sink.open()
         self._hash, self._artifacts_uri = self._sink.hash, self._sink.artifacts_uri
+        config = self.config
+        self._watchdog = Watchdog(
+            config.spool_path if config.remote_uri else config.repo_path, on_stall=self._storage_stalled
+        ).start()
         self._thread = threading.Thread(target=self._work, name="tracelet-writer", daemon=True)
         self._thread.start()
         self._start_timer()
@@ -453,9 +487,10 @@ class ThreadSink(BufferedSink):
                 if seq is None:
                     return
                 try:
-                    self._sink.submit(batch)
-                    if not self._queue:  # caught up: make it durable before saying so (a server's queue)
-                        self._sink.flush()
+                    with self._watchdog.busy("writing values"):
+                        self._sink.submit(batch)
+                        if not self._queue:  # caught up: make it durable before saying so (a server's queue)
+                            self._sink.flush()
                 except Exception as exc:
                     self._error = exc
                     self._acknowledge(seq, max(self._sink.failures, 1), repr(exc))
@@ -482,9 +517,32 @@ class ThreadSink(BufferedSink):
 
     def _close_writer(self, status: str) -> None:
         self._deliver(None, [])  # type: ignore[arg-type]
+        # closing happens on a thread of its own too, so storage that is stuck cannot hold the caller
+        closing = threading.Thread(
+            target=self._finish, args=(status,), name="tracelet-writer-close", daemon=True
+        )
+        closing.start()
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        while closing.is_alive() and time.monotonic() < deadline:
+            closing.join(0.5)
+            if self._stall is not None:
+                closing.join(CLOSE_GRACE)
+                break
+        self._watchdog.stop()
+        if closing.is_alive():
+            warnings.warn(
+                f"tracelet: run {self._hash} was not closed "
+                f"({self._stall or 'its storage does not answer'}); it stays 'active' until "
+                "`python -m tracelet_callbacks runs close-stale`",
+                TraceletWarning,
+                stacklevel=4,
+            )
+
+    def _finish(self, status: str) -> None:
         if self._thread is not None:
-            self._thread.join(CLOSE_TIMEOUT)
-        self._sink.close(status)
+            self._thread.join()
+        with self._watchdog.busy("closing the run"):
+            self._sink.close(status)
 
     def _take_over(self) -> Any:
         return self._sink  # the thread is gone; its sink is still open in this process
