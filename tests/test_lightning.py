@@ -104,6 +104,7 @@ def full(repo: Path) -> types.SimpleNamespace:
         logger=logger,
         hash=logger.version,
         checkpoint=checkpoint,
+        root=trainer.default_root_dir,
         fit_steps=fit_steps,
         after_fit=after_fit,
         before=before,
@@ -128,10 +129,10 @@ def test_fit_validate_test_make_one_finished_run(repo: Path, full: types.SimpleN
     assert full.run.status == "finished"
     assert full.run.name == "tiny"
     assert len(full.hash) == 24 and full.logger.name == "full"
-    assert full.logger.save_dir == str(repo)
-    assert full.logger.log_dir == os.path.join(str(repo), "full", full.hash)
-    # ModelCheckpoint's default folder is built from save_dir / name / version
-    assert full.checkpoint.dirpath == os.path.join(str(repo), "full", full.hash, "checkpoints")
+    # ModelCheckpoint's default folder: the Trainer's root / name / version, not the AIM repo folder
+    assert full.logger.save_dir is None and full.logger.log_dir is None
+    assert full.checkpoint.dirpath == os.path.join(full.root, "full", full.hash, "checkpoints")
+    assert not Path(full.checkpoint.dirpath).is_relative_to(repo)
 
 
 def test_params_come_from_module_datamodule_trainer_and_optimizers(full: types.SimpleNamespace) -> None:

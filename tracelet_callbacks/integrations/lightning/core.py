@@ -20,7 +20,6 @@ reopens that same run.
 
 from __future__ import annotations
 
-import os
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -115,18 +114,20 @@ class AimLoggerCore:
         return self._runs.hash  # the writer opens the run in the background; the hash waits for it
 
     @property
-    def save_dir(self) -> str | None:
-        """The local repo folder; ``None`` for a remote server (checkpoints then go to the trainer's root)."""
-        return None if self._config.remote_uri else self._config.repo_path
+    def save_dir(self) -> None:
+        """``None``: this logger writes no files of its own, so Lightning puts its checkpoints under the
+        ``Trainer``'s ``default_root_dir`` (``<root>/<experiment>/<run hash>/checkpoints``), never into
+        the AIM repo folder, which a team may share and whose checkpoints hold the hyperparameters
+        in clear. ``log_model`` stores them in the run, redacted."""
+        return None
 
     @property
-    def root_dir(self) -> str | None:
-        return None if self.save_dir is None else os.path.join(self.save_dir, self.name)
+    def root_dir(self) -> None:
+        return None
 
     @property
-    def log_dir(self) -> str | None:
-        root = self.root_dir
-        return None if root is None else os.path.join(root, str(self.version))
+    def log_dir(self) -> None:
+        return None
 
     @property
     def experiment(self) -> RunHandle:
