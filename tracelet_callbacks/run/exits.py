@@ -1,16 +1,23 @@
 """Process-exit handling: open runs end with the right status however the process ends.
 
-Normal exit -> ``finished``; an uncaught exception or ``sys.exit(n)`` with ``n`` not 0 -> ``failed``;
-Ctrl-C or SIGTERM -> ``interrupted``.
-The exit handler is registered on the first run opened. ``sys.excepthook``, ``sys.exit`` and the
-SIGTERM handler (which tell a failure from a normal end) are chained onto what was there before,
-once, on the first run opened with ``exit_handlers=True``; with ``exit_handlers=False`` all three are
-left alone, as Lightning leaves them to its ``Trainer``, and a run open at exit is closed ``finished``.
+Normal exit -> ``finished``; an uncaught exception, or ``sys.exit(n)`` / ``exit(n)`` with ``n`` not 0
+that nothing caught -> ``failed``; Ctrl-C or SIGTERM -> ``interrupted``.
+The exit handler is registered on the first run opened. ``sys.excepthook``, ``sys.exit`` (with the
+``exit`` / ``quit`` builtins) and the SIGTERM handler (which tell a failure from a normal end) are
+chained onto what was there before, once, on the first run opened with ``exit_handlers=True``; with
+``exit_handlers=False`` they are left alone, as Lightning leaves them to its ``Trainer``, and a run
+open at exit is closed ``finished``.
+
+An exit code never reaches ``atexit``. The ``SystemExit`` that ``sys.exit`` raises here is one of
+ours, whose ``code`` notices when the interpreter itself reads it: that happens only when nothing
+caught it and the process is ending. A ``raise SystemExit(n)`` written out in the script is not
+seen (it ends ``finished``).
 """
 
 from __future__ import annotations
 
 import atexit
+import builtins
 import logging
 import os
 import signal
@@ -62,16 +69,58 @@ def _install_hooks() -> None:
         previous_hook(kind, value, tb)
 
     def exit(status: Any = None) -> None:
-        # SystemExit never reaches sys.excepthook, and atexit cannot see the exit code: a script that
-        # gives up with sys.exit(1) ended "failed", not "finished"
-        global _exit_status
-        if status not in (None, 0) and threading.current_thread() is threading.main_thread():
-            _exit_status = "failed"
-        previous_exit(status)
+        # SystemExit never reaches sys.excepthook, and atexit cannot see the exit code: the exception
+        # is swapped for one that tells us if it ends the process (a caught one does not)
+        try:
+            previous_exit(status)
+        except SystemExit as exc:
+            if type(exc) is SystemExit and threading.current_thread() is threading.main_thread():
+                raise _Exit(*exc.args).with_traceback(exc.__traceback__) from None
+            raise
 
     sys.excepthook = excepthook
     sys.exit = exit
+    for name in ("exit", "quit"):  # the REPL-style builtins a script may call too
+        builtin = getattr(builtins, name, None)
+        if builtin is not None and not isinstance(builtin, _Quitter):
+            setattr(builtins, name, _Quitter(builtin))
     _install_sigterm()
+
+
+class _Exit(SystemExit):
+    """The ``SystemExit`` of ``sys.exit`` once our hooks are in: the interpreter reads its ``code``
+    only when nothing caught it, with no Python frame left (the run's status comes from that)."""
+
+    @property
+    def code(self) -> Any:
+        code = _EXIT_CODE.__get__(self, SystemExit)
+        try:
+            sys._getframe(1)
+        except ValueError:  # no caller: the interpreter is ending the process with this code
+            global _exit_status
+            _exit_status = "finished" if code in (None, 0) else "failed"
+        return code
+
+
+_EXIT_CODE = SystemExit.__dict__["code"]
+
+
+class _Quitter:
+    """``exit`` / ``quit`` as the ``site`` module made them, raising :class:`_Exit`."""
+
+    def __init__(self, builtin: Any) -> None:
+        self._builtin = builtin
+
+    def __repr__(self) -> str:
+        return repr(self._builtin)
+
+    def __call__(self, code: Any = None) -> None:
+        try:
+            self._builtin(code)
+        except SystemExit as exc:
+            if type(exc) is not SystemExit or threading.current_thread() is not threading.main_thread():
+                raise
+            raise _Exit(*exc.args).with_traceback(exc.__traceback__) from None
 
 
 def forget(item: _Closable) -> None:
