@@ -71,6 +71,8 @@ def test_accelerator_loop_params_metrics_images_text(repo_dir: Path) -> None:
     tracker.tracker.track(7.0, name="custom", step=1)  # aim.Run's surface through our writer
     run_hash = tracker.tracker.hash
     accelerator.end_training()
+    # the ended run can still be read through the tracker
+    assert (tracker.experiment.hash, tracker.experiment.status) == (run_hash, "finished")
 
     assert [run.hash for run in open_repo(repo).iter_runs()] == [run_hash]
     assert series(repo, "loss", TRAIN, run_hash) == pytest.approx(losses)

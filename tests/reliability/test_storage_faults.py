@@ -26,6 +26,7 @@ import tracelet_callbacks.testing
 from conftest import read_run, series
 from tracelet_callbacks import TraceletWarning
 from tracelet_callbacks.core import records as rec
+from tracelet_callbacks.sink.buffered import Unavailable
 from tracelet_callbacks.sink.writer import writer_pids
 
 pytestmark = pytest.mark.slow
@@ -276,3 +277,17 @@ def test_a_pipe_is_not_read_as_an_artifact(repo_dir: Path) -> None:
         assert exp.log_artifact(folder) == ["outputs/metrics.csv"]
     exp.close()
     assert set(read_run(repo_dir, exp.hash).artifacts) == {"outputs/metrics.csv"}
+
+
+def test_an_artifact_no_sink_could_take_is_not_reported_stored(repo_dir: Path) -> None:
+    """When neither the writer nor the training process can write to AIM, ``log_artifact`` says so
+    and returns no names (it used to return them as if stored)."""
+    (repo_dir / "model.pth").write_bytes(b"weights")
+    exp = tracelet.Experiment(sink_factory=lambda config: Unavailable("the repo cannot be opened"))
+    with pytest.warns(TraceletWarning, match=r"model\.pth.*the repo cannot be opened"):
+        assert exp.log_artifact(repo_dir / "model.pth") == []
+    strict = tracelet.Experiment(
+        sink_factory=lambda config: Unavailable("the repo cannot be opened"), strict=True
+    )
+    with pytest.raises(tracelet.TraceletError, match=r"model\.pth"):
+        strict.log_artifact(repo_dir / "model.pth")

@@ -11,6 +11,7 @@ import logging
 import os
 import posixpath
 import stat
+import sys
 import tempfile
 import time
 import warnings
@@ -95,7 +96,7 @@ class Translator:
         message = f"tracelet: skipped {kind} for {tag!r}: {reason}"
         if self.strict:
             raise TraceletValueError(message)
-        self._warn((tag, kind), message + " (reported once per tag)", stacklevel=4 + depth)
+        self._warn((tag, kind), message + " (reported once per tag)", stacklevel=_past_wrappers(4 + depth))
 
     def notice(self, feature: str, reason: str) -> None:
         """Say once that a feature is kept out of AIM (it stays wherever else it was written)."""
@@ -114,7 +115,7 @@ class Translator:
         except TypeError:  # an unhashable context value: route it afresh each time
             key = hit = None
         if hit is None:
-            found = self.table(tag)
+            found = self.table(tag if type(tag) is str else str(tag))  # dicts' keys are named the same way
             where = {**self.base_context, **found.context, **(context or {})}
             if context:  # the user's own context: no secret goes into a series' key either
                 where = redact(where)[0]
@@ -461,6 +462,8 @@ def _unstorable(name: str, context: Mapping[str, Any]) -> str | None:
         return "an empty name: aim's queries fail on it"
     for key, value in context.items():
         odd = _odd_leaf(value)
+        if type(odd) is int:
+            return f"context value {key!r} holds {odd}, beyond the 64-bit integers aim stores"
         if not isinstance(key, str) or odd is not None:
             kind = type(odd).__name__
             return (
@@ -473,7 +476,7 @@ def _unstorable(name: str, context: Mapping[str, Any]) -> str | None:
 def _odd_leaf(value: Any) -> Any:
     """The first value inside ``value`` that a context cannot hold (``None`` when all can)."""
     if isinstance(value, _CONTEXT_TYPES):
-        return None
+        return value if type(value) is int and not -(2**63) <= value < 2**63 else None
     if isinstance(value, Mapping):
         items = list(value.values()) if all(isinstance(key, str) for key in value) else [value]
     elif isinstance(value, (list, tuple)):
@@ -481,6 +484,15 @@ def _odd_leaf(value: Any) -> Any:
     else:
         return value
     return next((odd for item in items if (odd := _odd_leaf(item)) is not None), None)
+
+
+def _past_wrappers(level: int) -> int:
+    """``level`` (a ``stacklevel`` as seen from the caller of this function) moved past the frames of
+    accelerate that lie between a user's ``accelerator.log`` and our tracker (``on_main_process``)."""
+    frame = sys._getframe(level)
+    while frame is not None and f"{os.sep}accelerate{os.sep}" in frame.f_code.co_filename:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _tag_labels(values: Mapping[str, Any]) -> list[str]:

@@ -67,9 +67,22 @@ def to_scalar(value: Any) -> float:
     if type(value) is float:  # the common case first: it is on every logged value's path
         return value
     try:
-        return _to_float(value)
-    except (TypeError, OverflowError, ValueError) as exc:  # 1j tensors, 10**400, odd number types
+        number = _to_float(value)
+    except Unsupported:
+        raise
+    except Exception as exc:  # 1j tensors, 10**400, meta or sparse tensors, a __float__ that fails
         raise Unsupported(f"{_type_name(value)} cannot be read as a real number ({exc})") from None
+    if number - number != 0.0 and number == number and not _equals(value, number):
+        # an infinity that the value itself is not: a long double beyond float's range
+        raise Unsupported(f"{_type_name(value)} is too large for a 64-bit float")
+    return number
+
+
+def _equals(value: Any, number: float) -> bool:
+    try:
+        return bool(value == number)
+    except Exception:
+        return False
 
 
 def _to_float(value: Any) -> float:
@@ -77,6 +90,8 @@ def _to_float(value: Any) -> float:
         return float(value)
     if isinstance(value, bool):
         return 1.0 if value else 0.0
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
+        raise Unsupported("the value is masked (numpy.ma): there is no number to store")
     if isinstance(value, numbers.Real):
         return float(value)
     if is_tensor(value):

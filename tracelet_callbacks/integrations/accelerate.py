@@ -78,8 +78,9 @@ class TraceletAimTracker(GeneralTracker):
 
     @property
     def experiment(self) -> Experiment | None:
-        """The :class:`~tracelet_callbacks.Experiment` behind the tracker (``None`` until started)."""
-        return self._runs.made
+        """The :class:`~tracelet_callbacks.Experiment` behind the tracker: ``None`` until started, and
+        after ``end_training()`` the run's, closed (its ``hash`` and ``status`` can still be read)."""
+        return self._runs.latest
 
     @on_main_process
     def start(self) -> None:

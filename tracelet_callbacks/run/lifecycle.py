@@ -55,6 +55,7 @@ class RunLifecycle:
         self.enabled = enabled
         self.run_name: str | None = config.run_name  # the current run's name, known without opening
         self._exp: Experiment | None = None
+        self._ended_exp: Experiment | None = None  # the last one closed, still readable (hash, status)
         self._resume: str | None = None  # an ended run, continued on next use
         self._checkpoint: ResumePoint | None = None  # a checkpoint's run, continued on next use
         self._reserved: str | None = None  # the hash the first run is made under (see reserve)
@@ -155,6 +156,11 @@ class RunLifecycle:
         return self._exp
 
     @property
+    def latest(self) -> Experiment | None:
+        """The current experiment if it was made, else the one that ended last."""
+        return self._exp or self._ended_exp
+
+    @property
     def is_open(self) -> bool:
         return self._exp is not None and self._exp.is_open
 
@@ -250,6 +256,7 @@ class RunLifecycle:
         exp, self._exp = self._exp, None
         if exp is None or not exp.enabled:
             return
+        self._ended_exp = exp
         run_hash = exp.hash if exp.is_open else exp.config.run_hash
         if not self._finished:  # set first: a close that fails still leaves the run to continue
             self._resume = self._ended = run_hash
@@ -276,6 +283,6 @@ class RunLifecycle:
         if exp is not None and exp.enabled and not exp.closed:
             state["_resume"] = exp.hash if exp.is_open else exp.config.run_hash
             state["_runs"] = max(state["_runs"], 1)
-        state["_exp"] = state["_stand_in"] = None
+        state["_exp"] = state["_stand_in"] = state["_ended_exp"] = None
         state["_watchers"] = Watchers()  # hooks belong to the model in this process
         return state

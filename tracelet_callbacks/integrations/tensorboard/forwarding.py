@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import warnings
 from collections.abc import Callable
 from threading import get_ident
 from typing import Any
 
 from ...core.translator import Translator
 from ...core.values import Unsupported, flatten_values, is_tensor
-from ...errors import TraceletValueError, TraceletWarning
+from ...errors import TraceletValueError, WarnOnce
 from ...run.experiment import active as active_experiment
 
 try:
@@ -122,8 +121,11 @@ def _active_translator(writer: SummaryWriter) -> Translator | None:
     return active.translator if active is not None else None
 
 
-def _tensorboard_call(writer: SummaryWriter, name: str, call: Callable[[], Any], strict: bool) -> Any:
-    """Run the real TensorBoard method; its failure on a strange value must not stop training."""
+def _tensorboard_call(
+    writer: SummaryWriter, name: str, call: Callable[[], Any], strict: bool, tag: Any = None
+) -> Any:
+    """Run the real TensorBoard method; its failure on a strange value must not stop training (one
+    warning per tag and method)."""
     if not writer.__dict__.get("_tracelet_tensorboard", True):
         return None
     thread = get_ident()
@@ -133,10 +135,12 @@ def _tensorboard_call(writer: SummaryWriter, name: str, call: Callable[[], Any],
         return call()
     except Exception as exc:
         if strict:
-            raise TraceletValueError(f"tracelet: TensorBoard's {name} failed: {exc}") from exc
-        warnings.warn(
-            f"tracelet: TensorBoard's {name} failed ({exc!r}); the value is skipped there",
-            TraceletWarning,
+            raise TraceletValueError(f"tracelet: TensorBoard's {name} failed for {tag!r}: {exc}") from exc
+        told = writer.__dict__.setdefault("_tracelet_told", WarnOnce())
+        told(
+            (name, str(tag)),
+            f"tracelet: TensorBoard's {name} failed for {tag!r} ({exc!r}); it is skipped in the event "
+            "files only (reported once per tag)",
             stacklevel=3,
         )
         return None
@@ -172,6 +176,7 @@ def _add_scalar(
         "add_scalar",
         lambda: original(self, tag, scalar_value, global_step, walltime, new_style, double_precision),
         strict,
+        tag,
     )
 
 
@@ -208,7 +213,8 @@ def _wrap(name: str, forward: Forward) -> Callable:
             and not self.__dict__.get("_tracelet_tensorboard", True)
         ):
             _close_figures(arguments["figure"])  # TensorBoard's add_figure would have closed them
-        return _tensorboard_call(self, name, lambda: original(**arguments), translator.strict)
+        tag = arguments.get("tag", arguments.get("main_tag"))
+        return _tensorboard_call(self, name, lambda: original(**arguments), translator.strict, tag)
 
     return method
 
