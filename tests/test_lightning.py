@@ -92,6 +92,7 @@ def full(repo: Path) -> types.SimpleNamespace:
     trainer = pl.Trainer(
         logger=logger,
         callbacks=[checkpoint],
+        default_root_dir=str(repo.parent),  # Lightning's checkpoints: under the Trainer's root
         **trainer_kwargs(enable_checkpointing=True, gradient_clip_val=0.5),
     )
     data = TinyData(val_loaders=2)
@@ -296,7 +297,15 @@ def test_checkpoint_without_secrets_is_stored_byte_for_byte_and_unreadable_ones_
 def test_fit_resumed_in_a_new_process_continues_the_run(repo: Path) -> None:
     logger = _logger(repo, "resume", log_model="all")
     checkpoint = pl.callbacks.ModelCheckpoint(save_last=True, save_top_k=-1)
-    trainer = pl.Trainer(logger=logger, callbacks=[checkpoint], **trainer_kwargs(enable_checkpointing=True))
+    root = str(
+        repo.parent
+    )  # the Trainer's root, which holds Lightning's checkpoints; the second process's too
+    trainer = pl.Trainer(
+        logger=logger,
+        callbacks=[checkpoint],
+        default_root_dir=root,
+        **trainer_kwargs(enable_checkpointing=True),
+    )
     trainer.fit(TinyModule(), datamodule=TinyData())
     first = logger.version
     folder = Path(checkpoint.dirpath)
@@ -314,6 +323,7 @@ def test_fit_resumed_in_a_new_process_continues_the_run(repo: Path) -> None:
         text=True,
         timeout=180,
         env=env,
+        cwd=root,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     printed = dict(
