@@ -8,6 +8,7 @@ status, closes the run and indexes it so ``aim.Repo(...).query_metrics(...)`` se
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import importlib.util
 import logging
@@ -17,7 +18,7 @@ import shutil
 import socket
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..config import TraceletConfig
@@ -139,7 +140,9 @@ class AimSink(Sink):
         except Exception as exc:
             where = cfg.remote_uri or self._repo_path
             what = f"resume run {cfg.run_hash!r}" if cfg.run_hash else "open a run"
-            raise TraceletError(f"tracelet: could not {what} in AIM repo {where}: {exc}") from exc
+            raise TraceletError(
+                f"tracelet: could not {what} in AIM repo {where}: {exc or repr(exc)}"
+            ) from exc
         if self._takeover:
             return run  # the writer that died had set everything below already
         if cfg.run_name:
@@ -169,8 +172,12 @@ class AimSink(Sink):
 
         path = self._repo_path = repo_path  # absolute and checked when the settings were resolved
         os.makedirs(path, exist_ok=True)
-        if not Repo.exists(path):
-            Repo.from_path(path, init=True)
+        # Jobs starting together make the repo once: aim writes VERSION last, and a repo seen without it
+        # counts as out of date. A ".aim" without VERSION (left by a deleted repo's last writer) is
+        # made a repo again.
+        with _locked(path):
+            if not os.path.exists(os.path.join(path, ".aim", "VERSION")):
+                Repo.from_path(path, init=True)
         return path
 
     def _default_artifacts_uri(self) -> str:
@@ -397,18 +404,33 @@ class AimSink(Sink):
             finally:
                 try:
                     run.close()
-                except Exception as exc:
-                    warnings.warn(
-                        f"tracelet: closing AIM run {run.hash} failed: {exc!r}", TraceletWarning, stacklevel=3
-                    )
+                except Exception as exc:  # its files are gone or broken: aim must not retry at exit
+                    abandon_storage(run)
+                    self.index_error = f"closing AIM run {run.hash} failed: {exc!r}"
+                    warnings.warn(f"tracelet: {self.index_error}", TraceletWarning, stacklevel=3)
+                    return
             release_storage(repo, run.hash)
-            if self._repo_path is not None:
-                from aim import Repo
+            try:
+                if self._repo_path is not None:
+                    from aim import Repo
 
-                repo = Repo.from_path(self._repo_path)
-            self.index_error = index_run(repo, run.hash)
+                    repo = Repo.from_path(self._repo_path)
+                self.index_error = index_run(repo, run.hash)
+            except Exception as exc:
+                self.index_error = f"run {run.hash} could not be indexed: {exc!r}"
             if self.index_error:
                 warnings.warn(f"tracelet: {self.index_error}", TraceletWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def _locked(folder: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``flock`` on the folder itself: no file is left behind)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # which releases the lock
 
 
 def copy_start(source: str, target: str, size: int) -> None:
@@ -516,7 +538,13 @@ def release_storage(repo: Any, run_hash: str) -> None:
         return
     for config, container in list(repo.container_pool.items()):
         if config.sub == run_hash:
-            container.close()
+            try:
+                container.close()
+            except Exception as exc:  # its files are gone (the repo was deleted): let it go unclosed
+                log.warning("tracelet: could not close the storage of run %s: %r", run_hash, exc)
+                finalizer = getattr(getattr(container, "_resources", None), "finalizer", None)
+                if finalizer is not None:
+                    finalizer.detach()
 
 
 def abandon_storage(run: Any) -> None:
@@ -541,7 +569,7 @@ def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
     failure (``RepoIndexManager.index`` logs and returns), so this merges the run's meta chunk into the
     index itself, through ``Repo._get_index_tree`` (pinned by ``aim<4`` and by the tests), locally or
     on a server through aim's proxies. The index is one RocksDB that one process at a time may open
-    for writing (``aim up`` indexing, another run closing): retry for a while before giving up.
+    for writing (``aim up`` indexing, another run closing): a lock is retried for a while.
     """
     import time
 
@@ -563,6 +591,8 @@ def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
             return None
         except Exception as exc:
             last = exc
+            if "lock" not in str(exc).lower():
+                break  # not another process holding the index (its files are gone ...): no retry
             time.sleep(0.25)
         finally:
             index = chunk = None

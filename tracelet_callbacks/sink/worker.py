@@ -16,6 +16,7 @@ group reaches the trainer (which then closes the run with ``interrupted``), not 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -101,12 +102,13 @@ def main(argv: list[str]) -> int:
 
 
 def _serve(sink: Any, inbox: queue.Queue, reply: Any, watchdog: Watchdog) -> bool:
-    """Write one run's messages until it is closed (``True``) or the trainer vanished (``False``)."""
+    """Write one run's messages until it is closed (``True``), or until the trainer vanished or the run
+    could not be closed (``False``: this writer then ends)."""
     reported = None  # a failure the sink recorded is told once, not with every later ack
     while True:
         message = inbox.get()
         if message is None:  # the trainer vanished without closing: keep what it sent, end the run
-            with watchdog.busy("closing the run"):
+            with watchdog.busy("closing the run"), contextlib.suppress(Exception):
                 sink.close("killed")
             return False
         kind = type(message)
@@ -131,15 +133,23 @@ def _serve(sink: Any, inbox: queue.Queue, reply: Any, watchdog: Watchdog) -> boo
             except Exception as exc:
                 reply(wire.Reply(message.seq, False, wire.portable(exc)))
         elif kind is wire.Close:
-            with watchdog.busy("closing the run"):
-                sink.close(message.status)
-            reply(wire.Closed(message.seq, sink.index_error))  # the trainer says it if indexing failed
-            return True
+            failure = None
+            try:
+                with watchdog.busy("closing the run"):
+                    sink.close(message.status)
+            except Exception as exc:  # the repo's files are gone ...: the trainer says it
+                failure = f"closing run {sink.hash} failed: {exc!r}"
+            reply(wire.Closed(message.seq, failure or sink.index_error))
+            return failure is None  # a writer whose run broke is not kept for the next one
 
 
 if __name__ == "__main__":
-    code = main(sys.argv)
-    # Every run this process served is closed, flushed and indexed by now. Skip the interpreter's
-    # teardown: aim's exit handlers would try to release what earlier runs left behind, and for a
-    # run on an `aim server` that has since stopped they wait for it forever.
-    os._exit(code)
+    code = 1
+    try:
+        code = main(sys.argv)
+    finally:
+        # Every run this process served is closed, flushed and indexed by now (or could not be).
+        # Skip the interpreter's teardown: aim's exit handlers would try to release what earlier
+        # runs left behind, and for a run on an `aim server` that has since stopped, or a repo whose
+        # files are gone, they wait forever.
+        os._exit(code)

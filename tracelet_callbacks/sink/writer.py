@@ -320,11 +320,18 @@ class ProcessSink(BufferedSink):
                 os.close(worker.inp)
                 worker.inp = -1
         if self._open_error is not None:
-            if not self._closed:
-                log.error("tracelet: %s; values logged to this run are dropped", self._open_error)
-                with self._acked:
+            # said however early the run was closed (unless open() raises it), and a close() waiting
+            # for its answer ends now too
+            if not self.config.run_hash:
+                error = str(self._open_error)
+                say(
+                    f"{error if error.startswith('tracelet:') else 'tracelet: ' + error}; values logged to "
+                    "this run are dropped"
+                )
+            with self._acked:
+                if self._fallback is None:
                     self._fallback = Unavailable(str(self._open_error))
-                    self._acked.notify_all()
+                self._acked.notify_all()
             self._let_go(keep=True)
         elif answered and not handed_back and not self._closed:
             self._writer_gone("its pipe closed")
