@@ -410,6 +410,14 @@ class AimSink(Sink):
                     warnings.warn(f"tracelet: {self.index_error}", TraceletWarning, stacklevel=3)
                     return
             release_storage(repo, run.hash)
+            chunk = os.path.join(self._repo_path or "", ".aim", "meta", "chunks", run.hash)
+            if self._repo_path is not None and not os.path.isdir(chunk):
+                self.index_error = (
+                    f"run {run.hash} is lost: its files under {self._repo_path} are gone (the repo was "
+                    "deleted or moved while the run was open)"
+                )
+                warnings.warn(f"tracelet: {self.index_error}", TraceletWarning, stacklevel=3)
+                return
             try:
                 if self._repo_path is not None:
                     from aim import Repo
