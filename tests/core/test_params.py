@@ -392,20 +392,30 @@ def test_a_name_value_pair_hides_its_value() -> None:
     assert to_params({"levels": ["token", "sentence"]}) == {"levels": ["token", "sentence"]}  # a list
 
 
-def test_only_json_settings_files_are_scrubbed(tmp_path: Any) -> None:
-    from tracelet_callbacks.core.params import scrubbed_json
+def test_only_json_and_yaml_settings_files_are_scrubbed(tmp_path: Any) -> None:
+    from tracelet_callbacks.core.params import scrubbed_config
 
     content = {"token": 5, "password": 7, "hidden": 4, "api_key": "k"}
     for name in ("config.json", "adapter_config.json", "vocab.json", "tokenizer_config.json", "data.json"):
         (tmp_path / name).write_text(json.dumps(content))
     scratch = str(tmp_path / "scratch")
-    scrubbed = {name: scrubbed_json(str(tmp_path / name), scratch) for name in ("config.json", "vocab.json")}
+    scrubbed = {
+        name: scrubbed_config(str(tmp_path / name), scratch) for name in ("config.json", "vocab.json")
+    }
     assert json.loads(Path(scrubbed["config.json"]).read_text())["api_key"] == REDACTED
     assert scrubbed["vocab.json"] == str(tmp_path / "vocab.json")  # words as keys: stored as it is
-    assert scrubbed_json(str(tmp_path / "tokenizer_config.json"), scratch) == str(
+    assert scrubbed_config(str(tmp_path / "tokenizer_config.json"), scratch) == str(
         tmp_path / "tokenizer_config.json"
     )
-    assert scrubbed_json(str(tmp_path / "data.json"), scratch) == str(tmp_path / "data.json")
+    assert scrubbed_config(str(tmp_path / "data.json"), scratch) == str(tmp_path / "data.json")
+    # YAML settings (Lightning's hparams.yaml) too; a YAML file that does not parse is left as it is
+    (tmp_path / "hparams.yaml").write_text("lr: 0.1\nwandb:\n  api_key: k\n  project: p\n")
+    (tmp_path / "broken_config.yml").write_text("a: [1, 2\n")
+    yaml = pytest.importorskip("yaml")
+    hparams = yaml.safe_load(Path(scrubbed_config(str(tmp_path / "hparams.yaml"), scratch)).read_text())
+    assert hparams == {"lr": 0.1, "wandb": {"api_key": REDACTED, "project": "p"}}
+    broken = str(tmp_path / "broken_config.yml")
+    assert scrubbed_config(broken, scratch) == broken
 
 
 def test_int_beyond_int64_is_stored_as_its_digits() -> None:

@@ -57,6 +57,7 @@ NEEDLES = [
     "PLANTEDtrack",
     "PLANTEDtext",
     "PLANTEDconfig",
+    "PLANTEDyaml",
 ]
 
 
@@ -81,6 +82,7 @@ def test_planted_secrets_are_in_no_file_and_nowhere_aim_reads(repo_dir: Path) ->
     config_folder = repo_dir / "out" / "checkpoint-1"
     config_folder.mkdir(parents=True)
     (config_folder / "config.json").write_text(json.dumps({"hidden": 4, "api_key": "PLANTEDconfig"}))
+    (config_folder / "hparams.yaml").write_text("lr: 0.5\ndata:\n  db_password: PLANTEDyaml\n")
     settings = {"repo_path": str(repo_dir), "system_tracking_interval": None}
     with tracelet.TraceletWriter(tensorboard=False, **settings) as w:
         exp = w.experiment
@@ -95,7 +97,7 @@ def test_planted_secrets_are_in_no_file_and_nowhere_aim_reads(repo_dir: Path) ->
     read = _through_aim(repo_dir)
     # the checks see real content: params and text through aim, the stored config.json on disk
     assert '"lr": 0.1' in read and "Authorization: Bearer <redacted>" in read
-    assert b'"hidden": 4' in searched
+    assert b'"hidden": 4' in searched and b"lr: 0.5" in searched
     for needle in NEEDLES:
         assert needle.encode() not in searched, f"{needle} is in a file under the repo"
         assert needle not in read, f"{needle} is read back through aim's API"

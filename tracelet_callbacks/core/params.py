@@ -29,7 +29,7 @@ __all__ = [
     "redact",
     "redact_text",
     "redacted_argv",
-    "scrubbed_json",
+    "scrubbed_config",
     "to_params",
 ]
 
@@ -408,35 +408,45 @@ def redacted_argv(argv: list[str]) -> list[str]:
     return out
 
 
-#: JSON files up to this size are read and redacted before they are stored; larger ones (data, not
+#: Config files up to this size are read and redacted before they are stored; larger ones (data, not
 #: configs) are stored as they are.
 JSON_SCRUB_LIMIT = 16 << 20
 
 
-#: JSON files that hold settings (``config.json``, ``adapter_config.json``, ``settings.json``,
-#: ``hparams.json`` ...), as opposed to data whose keys are words (a tokenizer's ``vocab.json``).
+#: JSON and YAML files that hold settings (``config.json``, ``adapter_config.json``, ``settings.json``,
+#: Lightning's ``hparams.yaml``, ``config.yml`` ...), as opposed to data whose keys are words (a
+#: tokenizer's ``vocab.json``).
 _CONFIG_FILE = re.compile(
-    r"(?:config|settings|args|arguments|params|hparams|hyperparameters)[^/\\]*\.json$", re.I
+    r"(?:config|settings|args|arguments|params|hparams|hyperparameters)[^/\\]*\.(json|ya?ml)$", re.I
 )
 _DATA_FILE = re.compile(r"(?:token|vocab|merges)[^/\\]*$", re.I)
 
 
-def scrubbed_json(path: str, folder: str) -> str:
-    """``path`` itself when it is no JSON config or holds no secret, else a redacted copy written under
-    ``folder`` with the same file name (HF's ``config.json``, a run's ``settings.json`` ...).
+def scrubbed_config(path: str, folder: str) -> str:
+    """``path`` itself when it is no JSON or YAML config or holds no secret, else a redacted copy
+    written under ``folder`` with the same file name (HF's ``config.json``, Lightning's
+    ``hparams.yaml``, a run's ``settings.json`` ...).
 
     Only settings files are read: in a tokenizer's ``vocab.json`` the keys are words, and hiding the
-    ids of ``"token"`` or ``"password"`` would break the tokenizer.
+    ids of ``"token"`` or ``"password"`` would break the tokenizer. YAML is read with PyYAML (which
+    Lightning and transformers bring); without it a YAML file is stored as it is.
     """
     name = os.path.basename(path)
-    if not _CONFIG_FILE.search(name) or _DATA_FILE.search(name):
+    found = _CONFIG_FILE.search(name)
+    if not found or _DATA_FILE.search(name):
         return path
+    yaml = None
+    if found.group(1).lower() != "json":
+        try:
+            import yaml
+        except ImportError:
+            return path
     try:
         if os.path.getsize(path) > JSON_SCRUB_LIMIT:
             return path
         with open(path, encoding="utf-8") as handle:
-            content = json.load(handle)
-    except (OSError, ValueError):  # not JSON after all (JSON lines, a binary): nothing we can check
+            content = json.load(handle) if yaml is None else yaml.safe_load(handle)
+    except (OSError, ValueError, getattr(yaml, "YAMLError", ValueError)):  # not a config after all
         return path
     cleaned, changed = redact(content)
     if not changed:
@@ -444,5 +454,8 @@ def scrubbed_json(path: str, folder: str) -> str:
     os.makedirs(folder, exist_ok=True)
     target = os.path.join(folder, os.path.basename(path))
     with open(target, "w", encoding="utf-8") as handle:
-        json.dump(cleaned, handle, indent=2)
+        if yaml is None:
+            json.dump(cleaned, handle, indent=2)
+        else:
+            yaml.safe_dump(cleaned, handle, sort_keys=False)
     return target

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import TraceletError, TraceletValueError, TraceletWarning, WarnOnce
 from . import records as rec
-from .params import redact, redact_text, scrubbed_json, to_params
+from .params import redact, redact_text, scrubbed_config, to_params
 from .routing import RoutingTable, make_table
 from .values import (
     STEP_LIMIT,
@@ -421,12 +421,12 @@ class Translator:
                 TraceletWarning,
                 stacklevel=3,
             )
-        # a JSON config goes in redacted; the sink has copied every artifact when submit returns
+        # a JSON or YAML config goes in redacted; the sink has copied every artifact when submit returns
         with tempfile.TemporaryDirectory(prefix="tracelet-scrub-") as scratch:
             batch = []
             for i, (source, name) in enumerate(pairs):
-                if source.endswith(".json"):
-                    source = scrubbed_json(source, os.path.join(scratch, str(i)))
+                if source.endswith((".json", ".yaml", ".yml")):
+                    source = scrubbed_config(source, os.path.join(scratch, str(i)))
                 mode = os.stat(source)
                 if not stat.S_ISREG(mode.st_mode):  # a pipe or a device would be read until it ends
                     self.skip(name, "not a regular file (a pipe, socket or device)", "artifact", depth=1)

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
-from ..core.params import redact, scrubbed_json, to_params
+from ..core.params import redact, scrubbed_config, to_params
 from ..errors import TraceletError, WarnOnce
 from .experiment import Experiment
 
@@ -93,13 +93,13 @@ class CheckpointStore:
 
 def scrubbed_checkpoint(path: str, folder: str) -> str:
     """``path`` itself when it holds no secret we know how to find, else a redacted copy written under
-    ``folder`` with the same file name: a torch checkpoint's saved hyperparameters, or a JSON config
-    (HF's ``config.json``) as a whole.
+    ``folder`` with the same file name: a torch checkpoint's saved hyperparameters, or a JSON or YAML
+    config (HF's ``config.json``, Lightning's ``hparams.yaml``) as a whole.
 
     Raises whatever loading or saving raises; the caller decides what a failure means.
     """
-    if path.endswith(".json"):
-        return scrubbed_json(path, folder)
+    if path.endswith((".json", ".yaml", ".yml")):
+        return scrubbed_config(path, folder)
     if not path.endswith(_TORCH_CHECKPOINTS):
         return path
     import torch
