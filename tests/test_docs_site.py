@@ -34,8 +34,23 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_site_builds_strictly_with_every_page(site: Path) -> None:
-    for page in ("index.html", "configuration/index.html", "reliability/index.html", "api/index.html"):
-        assert (site / page).is_file(), page
+    pages = (
+        "index",
+        "lightning",
+        "huggingface",
+        "accelerate",
+        "scripts",
+        "configuration",
+        "reliability",
+        "api",
+    )
+    for page in pages:
+        assert (site / ("index.html" if page == "index" else f"{page}/index.html")).is_file(), page
+    # each entry point's page shows its example, included from examples/ (which the suite runs)
+    assert (
+        "A Lightning job logged to AIM with one argument" in (site / "lightning" / "index.html").read_text()
+    )
+    assert "logged to AIM with one callback" in (site / "huggingface" / "index.html").read_text()
     # the getting-started page shows the quickstart example itself, included from examples/
     assert "Smallest possible AIM logging" in (site / "index.html").read_text()
 
