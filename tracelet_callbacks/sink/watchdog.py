@@ -5,9 +5,10 @@ waits instead, for room that never comes, and closing its databases can wait for
 each storage call in :meth:`Watchdog.busy`; the watchdog's own thread then
 
 * reports a call that has made no progress for ``SLOW_SECS`` (the calling thread has neither read,
-  written nor used the CPU: Linux counts that per thread) through ``on_stall(reason)``, and its end
-  through ``on_stall(None)``, so the trainer stops waiting for it. Where the counts cannot be read,
-  a call that lasts ``SLOW_SECS`` on a nearly full disk counts as stalled;
+  written, used the CPU nor woken up: Linux counts that per thread) through ``on_stall(reason)``, and
+  its end through ``on_stall(None)``, so the trainer stops waiting for it. A loop that sleeps between
+  retries (waiting for another process's lock) wakes up, so it is not stuck. Where the counts cannot
+  be read, a call that lasts ``SLOW_SECS`` on a nearly full disk counts as stalled;
 * ends the writer process ``ORPHAN_SECS`` after the trainer is gone if its last call is still stuck
   (``orphaned`` tells), whatever state the storage is in: a writer that outlives its trainer holds
   the run's locks and the trainer's terminal.
@@ -94,16 +95,17 @@ class Watchdog:
                 self._on_stall(None)
 
     def _progress(self, call: tuple[str, float, int]) -> tuple | None:
-        """What the calling thread has done so far (bytes read and written, CPU ticks); ``None``
-        where Linux's per-thread counts are not there."""
+        """What the calling thread has done so far (bytes read and written, CPU ticks, times it slept
+        and woke); ``None`` where Linux's per-thread counts are not there."""
         task = f"/proc/self/task/{call[2]}"
         try:
-            with open(f"{task}/io") as io, open(f"{task}/stat") as stat:
+            with open(f"{task}/io") as io, open(f"{task}/stat") as stat, open(f"{task}/status") as status:
                 counts = dict(line.split(": ") for line in io.read().splitlines())
                 ticks = stat.read().rsplit(")", 1)[1].split()[11:13]  # utime, stime
+                woke = [line for line in status.read().splitlines() if "ctxt_switches" in line]
         except (OSError, ValueError, IndexError):
             return None
-        return counts.get("rchar"), counts.get("wchar"), *ticks
+        return counts.get("rchar"), counts.get("wchar"), *ticks, *woke
 
     def _watch(self) -> None:
         orphaned_at: float | None = None
