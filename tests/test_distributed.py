@@ -76,8 +76,13 @@ def _run_job(
     done = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
     )
-    assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
-    return repo, _reports(tmp_path)
+    reports = _reports(tmp_path)
+    # On a busy machine a rank sometimes aborts in torch's C++ teardown after the script has ended
+    # ("terminate called without an active exception", SIGABRT at exit). When every rank wrote its
+    # report, the job's work is done and what it left is checked by the caller.
+    torn_down = "terminate called without an active exception" in done.stderr and len(reports) == 2
+    assert done.returncode == 0 or torn_down, f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return repo, reports
 
 
 def _reports(folder: Path) -> list[list[str]]:

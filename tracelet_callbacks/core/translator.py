@@ -410,8 +410,13 @@ class Translator:
         if name is not None or experiment is not None:
             self.sink.submit([rec.RunInfo(name=name, experiment=experiment)])
 
-    def artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> list[str]:
-        """Copy a file (or every file under a folder) into the artifact store; returns stored names."""
+    def artifact(
+        self, path: str | os.PathLike, artifact_path: str | None = None, raise_errors: bool = False
+    ) -> list[str]:
+        """Copy a file (or every file under a folder) into the artifact store; returns stored names.
+
+        A store that refuses it is one warning and no names, or the ``TraceletError`` itself with
+        ``strict`` or ``raise_errors`` (a caller that reports many files' failure once)."""
         outside: list[str] = []
         pairs = artifact_names(path, artifact_path, outside)
         if outside:
@@ -435,7 +440,7 @@ class Translator:
             try:
                 self.sink.submit(batch)
             except TraceletError as exc:  # the store cannot take it (full, unreachable ...)
-                if self.strict:
+                if self.strict or raise_errors:
                     raise
                 self._warn(("artifact", str(exc)), f"{exc}; training goes on", stacklevel=3)
                 return []

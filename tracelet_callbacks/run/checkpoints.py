@@ -75,7 +75,7 @@ class CheckpointStore:
         # checkpoint itself) may go afterwards
         with tempfile.TemporaryDirectory(prefix="tracelet-ckpt-") as scratch:
             if not os.path.isdir(path):
-                exp.log_artifact(scrubbed_checkpoint(path, scratch), artifact_path=artifact_path)
+                _copy(exp, scrubbed_checkpoint(path, scratch), artifact_path)
                 return
             folder = posixpath.join(artifact_path, os.path.basename(os.path.normpath(path)))
             for root, _dirs, files in os.walk(path):
@@ -83,12 +83,20 @@ class CheckpointStore:
                 target = folder if relative == "." else f"{folder}/{relative}"
                 for file in sorted(files):
                     if file != TRAINING_ARGS_FILE:
-                        exp.log_artifact(scrubbed_checkpoint(os.path.join(root, file), scratch), target)
+                        _copy(exp, scrubbed_checkpoint(os.path.join(root, file), scratch), target)
             if settings is not None:
                 written = os.path.join(scratch, "training_args.json")
                 with open(written, "w", encoding="utf-8") as handle:
                     json.dump(to_params(settings), handle, indent=2, sort_keys=True)
-                exp.log_artifact(written, artifact_path=folder)
+                _copy(exp, written, folder)
+
+
+def _copy(exp: Experiment, path: str, artifact_path: str) -> None:
+    """``exp.log_artifact``, except that a store that refuses the file raises (to :meth:`store`,
+    which says so once for all of them) instead of warning for each file."""
+    translator = exp.translator
+    if translator is not None:
+        translator.artifact(path, artifact_path, raise_errors=True)
 
 
 def scrubbed_checkpoint(path: str, folder: str) -> str:
