@@ -550,9 +550,7 @@ def release_storage(repo: Any, run_hash: str) -> None:
                 container.close()
             except Exception as exc:  # its files are gone (the repo was deleted): let it go unclosed
                 log.warning("tracelet: could not close the storage of run %s: %r", run_hash, exc)
-                finalizer = getattr(getattr(container, "_resources", None), "finalizer", None)
-                if finalizer is not None:
-                    finalizer.detach()
+                _unregister(container)
 
 
 def abandon_storage(run: Any) -> None:
@@ -564,9 +562,14 @@ def abandon_storage(run: Any) -> None:
     if not run.repo.is_remote_repo:
         holders += [c for config, c in list(run.repo.container_pool.items()) if config.sub == run.hash]
     for holder in holders:
-        finalizer = getattr(getattr(holder, "_resources", None), "finalizer", None)
-        if finalizer is not None:
-            finalizer.detach()
+        _unregister(holder)
+
+
+def _unregister(holder: Any) -> None:
+    """Take ``holder`` (an ``aim.Run`` or a storage container) off aim's close-at-exit list."""
+    finalizer = getattr(getattr(holder, "_resources", None), "finalizer", None)
+    if finalizer is not None:
+        finalizer.detach()
 
 
 def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
