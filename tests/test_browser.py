@@ -27,6 +27,7 @@ from tracelet_callbacks.aim_ui import AimUI, run_url
 
 pytestmark = pytest.mark.slow
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EPOCHS = 3
 BATCHES = 8  # train batches per epoch: 24 train points, one val point per epoch
 
@@ -106,7 +107,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """One repo holding the Lightning run (its hash) and examples/compare_runs.py's sweep (its output)."""
     folder = tmp_path_factory.mktemp("browser_repo")
     script = folder / "train.py"
     script.write_text(TRAIN)
@@ -116,7 +118,22 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     (run_hash,) = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("RUN ")]
-    return folder, run_hash
+    sweep = subprocess.run(
+        [sys.executable, str(EXAMPLES / "compare_runs.py")],
+        cwd=folder,
+        env={**env, "TRACELET_SYSTEM_TRACKING_INTERVAL": "off"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    return folder, run_hash, sweep.stdout
+
+
+@pytest.fixture(scope="module")
+def ui(trained: tuple[Path, str, str]):
+    with AimUI(trained[0]) as running:
+        yield running
 
 
 def _points(path_d: str) -> int:
@@ -125,8 +142,8 @@ def _points(path_d: str) -> int:
     return 1 + path_d.count("L")
 
 
-def test_the_ui_shows_the_lightning_run(browser, trained: tuple[Path, str]) -> None:
-    folder, run_hash = trained
+def test_the_ui_shows_the_lightning_run(browser, trained: tuple[Path, str, str], ui: AimUI) -> None:
+    folder, run_hash, _ = trained
     run = open_repo(folder).get_run(run_hash)
     logged = {
         metric.context.to_dict().get("subset"): len(metric.values.values_list())
@@ -135,52 +152,68 @@ def test_the_ui_shows_the_lightning_run(browser, trained: tuple[Path, str]) -> N
     }
     assert logged["train"] == EPOCHS * BATCHES and logged["val"] == EPOCHS, logged
 
-    with AimUI(folder) as ui:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
 
-        # the runs table lists the run, under its experiment
-        page.goto(f"{ui.base_url}/runs")
-        page.get_by_text("tiny-lightning", exact=True).first.wait_for()
-        assert page.get_by_text("browser-check", exact=True).count() >= 1
+    # the runs table lists the run, under its experiment
+    page.goto(f"{ui.base_url}/runs")
+    page.get_by_text("tiny-lightning", exact=True).first.wait_for()
+    assert page.get_by_text("browser-check", exact=True).count() >= 1
 
-        # the run's metrics: one loss chart per context, each with every logged point
-        page.goto(run_url(run_hash, "metrics", ui.base_url))
-        for subset, expected in (("train", EPOCHS * BATCHES), ("val", EPOCHS)):
-            chart = (
-                page.locator(".RunDetailMetricsTab__container__chartContainer")
-                .filter(has=page.get_by_text("loss", exact=True))
-                .filter(has=page.get_by_text(f'subset="{subset}"', exact=True))
-            )
-            chart.first.wait_for()
-            assert chart.count() == 1, f"{chart.count()} loss charts for subset={subset}"
-            chart.scroll_into_view_if_needed()  # charts are drawn once they are on screen
-            line = chart.locator("path.Line")
-            line.wait_for()
-            assert _points(line.get_attribute("d") or "") == expected, subset
-
-        # the hparams, in the run's params (a JSON tree: "hparams": 2 items { "hidden": int 8 "lr": ... })
-        page.goto(run_url(run_hash, "run_parameters", ui.base_url))
-        page.get_by_text('"hparams":', exact=True).first.wait_for()
-        text = page.inner_text("body")
-        hparams = text[text.index('"hparams":') :]
-        hparams = " ".join(hparams[: hparams.index("}")].split())
-        assert '"hidden": int 8' in hparams and '"lr": float 0.05' in hparams, hparams
-
-        # the System tab: the trainer's CPU, drawn from data above zero
-        def cpu_data(reply) -> bool:
-            return "/metric/get-batch" in reply.url and "__system__cpu" in (reply.request.post_data or "")
-
-        with page.expect_response(cpu_data) as fetched:
-            page.goto(run_url(run_hash, "system", ui.base_url))
-        series = [item for item in json.loads(fetched.value.body()) if item["name"] == "__system__cpu"]
-        assert series and max(series[0]["values"]) > 0, series
-        chart = page.locator(".RunDetailMetricsTab__container__chartContainer").filter(
-            has=page.get_by_text("CPU (%)", exact=True)
+    # the run's metrics: one loss chart per context, each with every logged point
+    page.goto(run_url(run_hash, "metrics", ui.base_url))
+    for subset, expected in (("train", EPOCHS * BATCHES), ("val", EPOCHS)):
+        chart = (
+            page.locator(".RunDetailMetricsTab__container__chartContainer")
+            .filter(has=page.get_by_text("loss", exact=True))
+            .filter(has=page.get_by_text(f'subset="{subset}"', exact=True))
         )
         chart.first.wait_for()
-        chart.first.scroll_into_view_if_needed()
-        line = chart.first.locator("path.Line")
+        assert chart.count() == 1, f"{chart.count()} loss charts for subset={subset}"
+        chart.scroll_into_view_if_needed()  # charts are drawn once they are on screen
+        line = chart.locator("path.Line")
         line.wait_for()
-        assert _points(line.get_attribute("d") or "") == len(series[0]["values"])
-        page.close()
+        assert _points(line.get_attribute("d") or "") == expected, subset
+
+    # the hparams, in the run's params (a JSON tree: "hparams": 2 items { "hidden": int 8 "lr": ... })
+    page.goto(run_url(run_hash, "run_parameters", ui.base_url))
+    page.get_by_text('"hparams":', exact=True).first.wait_for()
+    text = page.inner_text("body")
+    hparams = text[text.index('"hparams":') :]
+    hparams = " ".join(hparams[: hparams.index("}")].split())
+    assert '"hidden": int 8' in hparams and '"lr": float 0.05' in hparams, hparams
+
+    # the System tab: the trainer's CPU, drawn from data above zero
+    def cpu_data(reply) -> bool:
+        return "/metric/get-batch" in reply.url and "__system__cpu" in (reply.request.post_data or "")
+
+    with page.expect_response(cpu_data) as fetched:
+        page.goto(run_url(run_hash, "system", ui.base_url))
+    series = [item for item in json.loads(fetched.value.body()) if item["name"] == "__system__cpu"]
+    assert series and max(series[0]["values"]) > 0, series
+    chart = page.locator(".RunDetailMetricsTab__container__chartContainer").filter(
+        has=page.get_by_text("CPU (%)", exact=True)
+    )
+    chart.first.wait_for()
+    chart.first.scroll_into_view_if_needed()
+    line = chart.first.locator("path.Line")
+    line.wait_for()
+    assert _points(line.get_attribute("d") or "") == len(series[0]["values"])
+    page.close()
+
+
+def test_the_compare_runs_link_opens_the_sweep_in_one_chart(
+    browser, trained: tuple[Path, str, str], ui: AimUI
+) -> None:
+    printed = trained[2]
+    (link,) = [line.strip() for line in printed.splitlines() if line.strip().startswith("http://")]
+    assert link.startswith("http://127.0.0.1:43800/metrics?select=O-")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(link.replace("http://127.0.0.1:43800", ui.base_url))
+    page.locator("path.Line").first.wait_for()
+    page.wait_for_function("document.querySelectorAll('path.Line').length >= 3")
+    lines = [line.get_attribute("d") or "" for line in page.locator("path.Line").all()]
+    assert [_points(d) for d in lines] == [30, 30, 30]  # three runs, 30 steps each, nothing else
+    assert "Tracelet Experiments" in page.inner_text("body")
+    page.close()
