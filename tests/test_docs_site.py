@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +69,74 @@ def test_the_settings_reference_lists_every_setting_and_variable(site: Path) -> 
 def test_the_api_reference_is_rendered_from_the_docstrings(site: Path) -> None:
     page = (site / "api" / "index.html").read_text()
     assert "start_logging" in page and "log_artifact" in page and "TraceletConfig" in page
+
+
+DOCS = ROOT / "docs"
+FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
+    re.M | re.S,
+)
+INCLUDE = re.compile(r'\s*--8<--\s+"(?P<path>[^"]+)"\s*')
+
+
+def _pages() -> list[Path]:
+    return sorted(path for path in DOCS.rglob("*.md") if "hooks" not in path.parts)
+
+
+def test_every_code_block_in_the_docs_is_an_example_the_suite_runs() -> None:
+    from test_examples import EXAMPLES
+
+    run_by_the_suite = {path.relative_to(ROOT).as_posix() for path in EXAMPLES}
+    blocks = 0
+    for page in _pages():
+        for block in FENCE.finditer(page.read_text(encoding="utf-8")):
+            blocks += 1
+            where = f"{page.relative_to(ROOT)}, block {block.group(0)[:60]!r}"
+            included = INCLUDE.fullmatch(block.group("body"))
+            assert included, f"{where}: write it as a file under examples/ and include it"
+            path = included.group("path")
+            assert path in run_by_the_suite or path == "examples/install.sh", f"{where}: {path} is not run"
+    assert blocks >= 12  # the check reads the pages' blocks (a broken pattern would find none)
+
+
+def test_the_install_commands_are_the_readme_ones_and_ci_runs_the_test_line() -> None:
+    commands = [
+        line
+        for line in (ROOT / "examples" / "install.sh").read_text().splitlines()
+        if line.startswith("python3 ")
+    ]
+    readme = (ROOT / "README.md").read_text()
+    assert len(commands) == 2 and all(command in readme for command in commands)
+    assert commands[1] in (ROOT / ".ci" / "run").read_text()  # CI runs this exact line at every stop
+
+
+def test_benchmark_commands_in_the_docs_name_real_scripts_and_flags() -> None:
+    checked = 0
+    for page in _pages():
+        for span in re.findall(r"`([^`\n]*\.py --[^`\n]*)`", page.read_text(encoding="utf-8")):
+            words = span.replace("&&", " ").split()
+            (script,) = [word for word in words if word.endswith(".py")]
+            name = Path(script).name
+            path = ROOT / "benchmarks" / name if "benchmarks" in span else ROOT / script
+            assert path.is_file(), f"{page.name}: `{span}` names a script that does not exist"
+            source = path.read_text(encoding="utf-8")
+            for flag in (word for word in words if word.startswith("--")):
+                assert f'"{flag}"' in source, f"{page.name}: {name} takes no {flag}"
+            checked += 1
+    assert checked >= 10
+
+
+def test_the_screenshots_are_real_pictures_the_docs_show() -> None:
+    pictures = sorted((DOCS / "img").glob("*.png"))
+    shown = " ".join(page.read_text(encoding="utf-8") for page in _pages())
+    assert len(pictures) >= 7
+    for picture in pictures:
+        data = picture.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", picture.name
+        width, height = struct.unpack(">II", data[16:24])
+        assert (width, height) == (1400, 860) and len(data) > 20_000, (picture.name, width, height)
+        assert f"img/{picture.name}" in shown, f"{picture.name} is in no page"
+    index = (DOCS / "index.md").read_text(encoding="utf-8")
+    assert {"runs-table", "run-params", "compare-runs", "system"} <= set(
+        re.findall(r"img/([\w-]+)\.png", index)
+    )
