@@ -7,12 +7,13 @@ set -euo pipefail
 logdir="${1:-runs}"
 if [ ! -d "$logdir" ]; then  # nothing to import yet: make event files with a plain SummaryWriter
     python -c "
+import os, sys
 from torch.utils.tensorboard import SummaryWriter
 for name, rate in (('baseline', 0.9), ('wider', 0.8)):
-    writer = SummaryWriter('$logdir/' + name)
+    writer = SummaryWriter(os.path.join(sys.argv[1], name))
     for step in range(50):
         writer.add_scalar('train/loss', rate ** step, step)
-    writer.close()"
+    writer.close()" "$logdir"
 fi
 
 python -m tracelet_callbacks import-tensorboard "$logdir" --repo ./aim_repo

@@ -16,6 +16,7 @@ points somewhere else.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,6 +67,7 @@ def main() -> None:
     if sys.argv[1:] == ["--first-attempt"]:
         first_attempt()
         return
+    shutil.rmtree(CHECKPOINT, ignore_errors=True)  # a checkpoint left by an earlier run of this script
     killed = subprocess.run([sys.executable, __file__, "--first-attempt"])
     if killed.returncode != -signal.SIGKILL:
         raise SystemExit(f"the first attempt should have been killed, it exited with {killed.returncode}")

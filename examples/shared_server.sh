@@ -11,17 +11,20 @@ port="${AIM_SERVER_PORT:-53800}"
 mkdir -p team-aim && aim init --repo team-aim -y           # aim init needs the folder to exist
 setsid aim server --repo team-aim --host 127.0.0.1 --port "$port" &  # the writers' address: aim://HOST:PORT
 server=$!
-trap 'kill -- -$server' EXIT     # stop its uvicorn child too
+# on exit, stop the server's whole process group (its uvicorn child too) and wait until it is gone
+trap 'kill -- -$server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
 python -c "
-import socket, sys, time
+import os, socket, sys, time
+server, port = int(sys.argv[1]), int(sys.argv[2])
 deadline = time.monotonic() + 120
 while time.monotonic() < deadline:
+    os.kill(server, 0)  # raises if the server has already exited (the port was taken, say)
     try:
-        socket.create_connection(('127.0.0.1', $port), timeout=1).close()
+        socket.create_connection(('127.0.0.1', port), timeout=1).close()
         sys.exit(0)
     except OSError:
         time.sleep(0.5)
-sys.exit('aim server did not start')"
+sys.exit('aim server did not start')" "$server" "$port"
 
 # every entry point reads the server from TRACELET_AIM_REMOTE (or remote_uri=...)
 export TRACELET_AIM_REMOTE="aim://127.0.0.1:$port"

@@ -96,8 +96,8 @@ def _chromium() -> str:
 
 @pytest.fixture(scope="module")
 def browser():
-    executable = _chromium()
     sync_api = pytest.importorskip("playwright.sync_api", reason="the test extra installs playwright")
+    executable = _chromium()
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable)
         try:
@@ -171,7 +171,7 @@ def test_the_ui_shows_the_lightning_run(browser, trained: tuple[Path, str, str],
         chart.first.wait_for()
         assert chart.count() == 1, f"{chart.count()} loss charts for subset={subset}"
         chart.scroll_into_view_if_needed()  # charts are drawn once they are on screen
-        line = chart.locator("path.Line")
+        line = chart.locator("path.Line").first
         line.wait_for()
         assert _points(line.get_attribute("d") or "") == expected, subset
 
@@ -196,7 +196,7 @@ def test_the_ui_shows_the_lightning_run(browser, trained: tuple[Path, str, str],
     )
     chart.first.wait_for()
     chart.first.scroll_into_view_if_needed()
-    line = chart.first.locator("path.Line")
+    line = chart.first.locator("path.Line").first
     line.wait_for()
     assert _points(line.get_attribute("d") or "") == len(series[0]["values"])
     page.close()

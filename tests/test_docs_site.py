@@ -72,10 +72,6 @@ def test_the_api_reference_is_rendered_from_the_docstrings(site: Path) -> None:
 
 
 DOCS = ROOT / "docs"
-FENCE = re.compile(
-    r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
-    re.M | re.S,
-)
 INCLUDE = re.compile(r'\s*--8<--\s+"(?P<path>[^"]+)"\s*')
 
 
@@ -84,19 +80,26 @@ def _pages() -> list[Path]:
 
 
 def test_every_code_block_in_the_docs_is_an_example_the_suite_runs() -> None:
+    """Read as a CommonMark parser reads the pages: fenced blocks anywhere (lists, quotes, unclosed)
+    and indented code blocks are all code, and each must include a file of examples/."""
+    from markdown_it import MarkdownIt
+
     from test_examples import EXAMPLES
 
     run_by_the_suite = {path.relative_to(ROOT).as_posix() for path in EXAMPLES}
+    parser = MarkdownIt("commonmark")
     blocks = 0
     for page in _pages():
-        for block in FENCE.finditer(page.read_text(encoding="utf-8")):
+        for token in parser.parse(page.read_text(encoding="utf-8")):
+            if token.type not in ("fence", "code_block"):
+                continue
             blocks += 1
-            where = f"{page.relative_to(ROOT)}, block {block.group(0)[:60]!r}"
-            included = INCLUDE.fullmatch(block.group("body"))
-            assert included, f"{where}: write it as a file under examples/ and include it"
+            where = f"{page.relative_to(ROOT)}:{token.map[0] + 1 if token.map else '?'}"
+            included = INCLUDE.fullmatch(token.content)
+            assert included, f"{where}: write this code as a file under examples/ and include it"
             path = included.group("path")
             assert path in run_by_the_suite or path == "examples/install.sh", f"{where}: {path} is not run"
-    assert blocks >= 12  # the check reads the pages' blocks (a broken pattern would find none)
+    assert blocks >= 12  # the check reads the pages' blocks (a broken parser would find none)
 
 
 def test_the_install_commands_are_the_readme_ones_and_ci_runs_the_test_line() -> None:

@@ -21,6 +21,14 @@ EXAMPLES = sorted(path for path in [*FOLDER.glob("*.py"), *FOLDER.glob("*.sh")] 
 
 pytestmark = pytest.mark.slow
 
+#: What some examples must print besides the `aim up` hint: the outcomes their docs describe.
+PRINTS = {
+    "compare_runs.py": ("lr_sweep_0.1: lr=0.1", "/metrics?select=O-"),
+    "import_tensorboard.sh": ("imported 100 values from 2 event files into 2 runs", "imported 0 values"),
+    "resume_rewind.py": ("killed by SIGKILL after step 30", "loss at steps 0..40, 41 points, each step once"),
+    "shared_server.sh": ("1 of 2 runs sent", "copied", "up to date"),
+}
+
 
 def test_there_are_examples() -> None:
     assert len(EXAMPLES) >= 10
@@ -38,6 +46,8 @@ def test_example_runs(script: Path, repo_dir: Path) -> None:
     done = subprocess.run(command, cwd=repo_dir, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "aim up" in done.stdout
+    for promised in PRINTS.get(script.name, ()):  # what the docs say the example shows
+        assert promised in done.stdout, (promised, done.stdout[-2000:])
     repos = [path.parent for path in repo_dir.rglob(".aim") if path.is_dir()]
     assert repos, "no AIM repo was created"
     runs = [run for repo in repos for run in open_repo(repo).iter_runs()]

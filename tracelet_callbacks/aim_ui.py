@@ -12,8 +12,10 @@ mode, so a script can print one link that puts, say, a learning-rate sweep's los
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,7 +47,12 @@ def explorer_url(query: str, base_url: str = "http://127.0.0.1:43800", explorer:
 
 
 def run_url(run_hash: str, tab: str = "overview", base_url: str = "http://127.0.0.1:43800") -> str:
-    """One run's page: ``overview``, ``params``, ``metrics``, ``system``, ``distributions``, ``images`` ..."""
+    """One run's page: ``overview``, ``run_parameters``, ``metrics``, ``system``, ``distributions``,
+    ``images`` ...
+
+        >>> run_url("0123abcd", "metrics")
+        'http://127.0.0.1:43800/runs/0123abcd/metrics'
+    """
     return f"{base_url.rstrip('/')}/runs/{run_hash}/{tab}"
 
 
@@ -65,6 +72,11 @@ class AimUI:
     Args:
         repo: the folder that holds ``.aim``.
         timeout: how long to wait for the UI to answer before raising ``RuntimeError``.
+
+    Example::
+
+        with AimUI("path/to/folder") as ui:
+            print(explorer_url('metric.name == "loss"', ui.base_url))  # open it while the block runs
     """
 
     def __init__(self, repo: str | os.PathLike[str], timeout: float = 180.0) -> None:
@@ -76,17 +88,19 @@ class AimUI:
 
     @property
     def base_url(self) -> str:
+        """Where the UI answers, ``http://127.0.0.1:<port>``, once the ``with`` block has started it."""
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> AimUI:
         self.port = free_port()
-        aim = Path(sys.executable).with_name("aim")
-        command = [str(aim), "up", "--repo", str(self.repo), "--host", "127.0.0.1", "--port", str(self.port)]
+        beside = Path(sys.executable).with_name("aim")  # this environment's aim, as in an activated venv
+        aim = str(beside) if beside.exists() else shutil.which("aim") or "aim"
+        command = [aim, "up", "--repo", str(self.repo), "--host", "127.0.0.1", "--port", str(self.port)]
         handle, name = tempfile.mkstemp(prefix="aim-up-", suffix=".log")
         self._log = Path(name)
-        with os.fdopen(handle, "wb") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
         try:
+            with os.fdopen(handle, "wb") as log:
+                self._process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
             self._wait_until_it_answers()
         except BaseException:
             self.__exit__(None, None, None)
@@ -116,12 +130,14 @@ class AimUI:
 
     def __exit__(self, *exc: object) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+        if process is not None:  # the whole group: uvicorn's server process outlives its parent
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=30)
         if self._log is not None:
             self._log.unlink(missing_ok=True)

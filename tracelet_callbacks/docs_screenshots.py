@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .aim_ui import AimUI, explorer_url, run_url
+from .aim_ui import AimUI, run_url
 
 __all__ = ["main"]
 
@@ -39,15 +39,24 @@ SCRIPTS = ("lightning_quickstart.py", "metrics_rich.py", "compare_runs.py")
 VIEWPORT = {"width": 1400, "height": 860}
 
 
-def _run_examples(folder: Path) -> None:
+def _run_examples(folder: Path) -> dict[str, str]:
+    """Run each of ``SCRIPTS`` into ``folder``; what each printed, by script."""
     env = {**os.environ, "TRACELET_AIM_REPO": str(folder), "TRACELET_SYSTEM_TRACKING_INTERVAL": "0.5"}
+    printed = {}
     for script in SCRIPTS:
         print(f"running examples/{script}")
         done = subprocess.run(
-            [sys.executable, str(EXAMPLES / script)], cwd=folder, env=env, capture_output=True, text=True
+            [sys.executable, str(EXAMPLES / script)],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if done.returncode != 0:
             raise SystemExit(f"examples/{script} failed:\n{done.stderr[-3000:]}")
+        printed[script] = done.stdout
+    return printed
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -72,12 +81,9 @@ class _Camera:
         self.out = out
 
     def shoot(self, name: str, url: str, ready: str, at_least: int = 1) -> None:
-        """Open ``url``, wait until ``ready`` (a CSS selector) matches ``at_least`` drawn elements."""
+        """Open ``url``, wait until ``ready`` (a Playwright selector) shows ``at_least`` elements."""
         self.page.goto(url)
-        self.page.wait_for_function(
-            "([selector, count]) => document.querySelectorAll(selector).length >= count",
-            arg=[ready, at_least],
-        )
+        self.page.locator(ready).nth(at_least - 1).wait_for()
         skip = self.page.get_by_text("Skip", exact=True)  # AIM's "join the community" pop-up
         if skip.count():
             skip.first.click()
@@ -92,10 +98,11 @@ def take(folder: Path, out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     executable = _chromium()
-    _run_examples(folder)
+    printed = _run_examples(folder)
     runs = _hashes(folder)
     lightning, rich = runs["regressor"], runs["rich_metrics"]
-    sweep = 'metric.name == "loss" and run.name.startswith("lr_sweep_")'
+    # the link compare_runs.py printed, which opens the Metrics explorer on its own AimQL query
+    (link,) = [line.strip() for line in printed["compare_runs.py"].splitlines() if "/metrics?select=" in line]
     out.mkdir(parents=True, exist_ok=True)
     with AimUI(folder) as ui, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable)
@@ -103,12 +110,12 @@ def take(folder: Path, out: Path) -> None:
         page.set_default_timeout(90_000)
         camera = _Camera(page, out)
         base = ui.base_url
-        camera.shoot("runs-table", f"{base}/runs", "[class*=Table] [class*=cell]", at_least=10)
-        camera.shoot("run-params", run_url(lightning, "run_parameters", base), "[class*=JsonViewer], pre, ul")
+        camera.shoot("runs-table", f"{base}/runs", "text=lr_sweep_0.1")
+        camera.shoot("run-params", run_url(lightning, "run_parameters", base), 'text="hparams":')
         camera.shoot("run-metrics", run_url(lightning, "metrics", base), "path.Line", at_least=3)
-        camera.shoot("compare-runs", explorer_url(sweep, base), "path.Line", at_least=3)
-        camera.shoot("distributions", run_url(rich, "distributions", base), "canvas, svg path")
-        camera.shoot("images", run_url(rich, "images", base), "img[src]")
+        camera.shoot("compare-runs", link.replace("http://127.0.0.1:43800", base), "path.Line", at_least=3)
+        camera.shoot("distributions", run_url(rich, "distributions", base), ".highcharts-point", at_least=10)
+        camera.shoot("images", run_url(rich, "images", base), 'img[src^="data:image"]', at_least=3)
         camera.shoot("system", run_url(lightning, "system", base), "path.Line", at_least=2)
         browser.close()
 
