@@ -207,6 +207,7 @@ def parity(tmp_path_factory: pytest.TempPathFactory, shared_repo: Path) -> Simpl
             _log_training(writer)
         live_hash = writer.experiment.hash
         writer.close()
+        imported_at = time.time()
         report, imported_warnings = _import(root / "tb", shared_repo, writer="process")  # the default
     assert _tracelet_warnings(caught) == []
     assert imported_warnings == []
@@ -217,6 +218,7 @@ def parity(tmp_path_factory: pytest.TempPathFactory, shared_repo: Path) -> Simpl
         imported=_read_run(shared_repo, imported_hash),
         report=report,
         folder=root / "tb" / "baseline",
+        imported_at=imported_at,
     )
 
 
@@ -237,7 +239,11 @@ def test_imported_scalars_match_the_live_run(parity: SimpleNamespace) -> None:
         imported_steps, imported_values, imported_times = imported[key]
         assert imported_steps == steps, key
         assert imported_values == pytest.approx(values, rel=1e-6), key  # float32 in event files
-        assert imported_times == pytest.approx(times, abs=0.05), key  # the event's wall time, not now
+        # The event's wall time, not the import's: TensorBoard and the live run each read the clock
+        # once per value (for add_hparams, 0.1 s apart on a busy machine); the exact wall time is
+        # pinned by test_imported_scalars_keep_their_event_wall_time.
+        assert imported_times == pytest.approx(times, abs=1.0), key
+        assert max(imported_times) < parity.imported_at, key
     assert imported[("accuracy", val)][0] == [0, 10, 20, 30, 40]
 
 
