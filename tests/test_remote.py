@@ -18,16 +18,11 @@ import pytest
 
 import tracelet_callbacks as tracelet
 from test_seed import SEED, run_block, seed_block
+from tracelet_callbacks.aim_ui import free_port
 
 pytestmark = pytest.mark.slow
 
 AIM = str(Path(sys.executable).with_name("aim"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager
