@@ -165,7 +165,7 @@ def sync(spool: str | None, remote_uri: str | None, runs: tuple[str, ...]) -> No
     hash, with its params, tags, series, artifact entries and status, and is indexed so the UI and
     queries see it at once. Running it again sends nothing twice; after an interruption it goes on.
     """
-    from .sink.run import check_server
+    from .sink.repo import check_server
     from .sink.spool import sync_spool
 
     _say_warnings()
@@ -229,7 +229,7 @@ def _repo(repo_path: str | None, remote_uri: str | None) -> Any:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if config.remote_uri:
-        from .sink.run import check_server
+        from .sink.repo import check_server
 
         try:
             check_server(config.remote_uri)

@@ -7,6 +7,7 @@ them to a thread, or pickle them to another process without knowing where they c
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Union
 
@@ -26,6 +27,12 @@ def normalise_status(status: str) -> str:
     if value not in RUN_STATUSES:
         raise ValueError(f"tracelet: status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
     return value
+
+
+def new_run_hash() -> str:
+    """A hash for a run that does not exist yet, in aim's own form (24 random hex digits), so the run's
+    identity is known before any writer has made it."""
+    return uuid.uuid4().hex[:24]
 
 
 def _now() -> float:

@@ -65,6 +65,10 @@ class Experiment:
         self._terminal: TerminalCapture | None = None
         #: The checkpoint this run continues from (set by an adapter, or found from ``resume_from``).
         self.resume_point: ResumePoint | None = None
+        if enabled:
+            from ..sink.writer import warm_up  # no aim import: that happens in the writer it starts
+
+            warm_up(self.config)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -85,7 +89,12 @@ class Experiment:
                 self.resume_point = find_resume_point(cfg.resume_from, cfg)
                 if self.resume_point is not None:
                     self.config = cfg.replace(run_hash=self.resume_point.run_hash, run_name=None, tags=None)
-            sink = open_sink(self.config)
+            # A new run's hash is chosen here, so whatever asks for it (Lightning's version, a checkpoint
+            # folder) never waits for the writer to start; the writer makes the run under it.
+            new_run = not self.config.run_hash and self.config.sink_factory is None
+            if new_run:
+                self.config = self.config.replace(run_hash=rec.new_run_hash(), resume="allow")
+            sink = open_sink(self.config, new_run=new_run)
             if self.resume_point is not None:
                 sink.submit([rec.Resumed(self.resume_point.step, keep=self.config.resume == "append")])
             self._sink = sink

@@ -34,8 +34,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import TraceletConfig
-from ..core.records import normalise_status
+from ..core.records import new_run_hash, normalise_status
 from .experiment import Experiment, RunHandle
+from .ranks import launched_as_rank_zero
 from .resume import ResumePoint
 from .watch import Watchers
 
@@ -64,6 +65,10 @@ class RunLifecycle:
         self._finished = False
         self._stand_in: Experiment | None = None
         self._watchers = Watchers()
+        if enabled and launched_as_rank_zero():
+            from ..sink.writer import warm_up
+
+            warm_up(config)  # the writer imports aim while the trainer is being set up
 
     # -- the current run ----------------------------------------------------------------------------
 
@@ -121,9 +126,7 @@ class RunLifecycle:
         before it (a logger pickled into ``ddp_spawn`` processes) then continue one run, made by
         whichever uses it first, and this one knows its hash."""
         if self.enabled and not self.started and self._reserved is None and not self.config.run_hash:
-            import uuid
-
-            self._reserved = uuid.uuid4().hex[:24]  # aim's own form of a run hash
+            self._reserved = new_run_hash()
 
     def check(self) -> None:
         """Fail now if the repo cannot be written or the server does not answer, without making a run

@@ -31,7 +31,8 @@ from ..core import records as rec
 from ..errors import say
 from .contract import Sink
 from .heartbeat import Heartbeat
-from .run import AimSink, check_server
+from .repo import check_server
+from .run import AimSink
 
 __all__ = ["ForwardingSink", "aim_sink"]
 

@@ -8,17 +8,13 @@ status, closes the run and indexes it so ``aim.Repo(...).query_metrics(...)`` se
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
-import importlib.util
 import logging
 import os
-import re
 import shutil
-import socket
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from ..config import TraceletConfig
@@ -27,15 +23,15 @@ from ..errors import TraceletError, TraceletWarning, say
 from .contract import Sink
 from .environment import environment_params
 from .heartbeat import Heartbeat
+from .repo import check_server, make_repo
 from .series import ScalarBatcher, new_run_with_hash, roomier_storage
 from .watchdog import is_disk_full
 
-__all__ = ["AimSink", "check_repo_path", "check_server", "index_run"]
+__all__ = ["AimSink", "index_run"]
 
 log = logging.getLogger("tracelet_callbacks")
 
 ARTIFACTS_FOLDER = "aim-artifacts"
-_CONNECT_TIMEOUT = 3.0
 
 
 class AimSink(Sink):
@@ -168,17 +164,8 @@ class AimSink(Sink):
         )
 
     def _local_repo(self, repo_path: str) -> Any:
-        from aim import Repo
-
-        path = self._repo_path = repo_path  # absolute and checked when the settings were resolved
-        os.makedirs(path, exist_ok=True)
-        # Jobs starting together make the repo once: aim writes VERSION last, and a repo seen without it
-        # counts as out of date. A ".aim" without VERSION (left by a deleted repo's last writer) is
-        # made a repo again.
-        with _locked(path):
-            if not os.path.exists(os.path.join(path, ".aim", "VERSION")):
-                Repo.from_path(path, init=True)
-        return path
+        self._repo_path = repo_path  # absolute and checked when the settings were resolved
+        return make_repo(repo_path)
 
     def _default_artifacts_uri(self) -> str:
         base = self._repo_path or os.path.abspath(".")
@@ -430,17 +417,6 @@ class AimSink(Sink):
                 warnings.warn(f"tracelet: {self.index_error}", TraceletWarning, stacklevel=3)
 
 
-@contextlib.contextmanager
-def _locked(folder: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (``flock`` on the folder itself: no file is left behind)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # which releases the lock
-
-
 def copy_start(source: str, target: str, size: int) -> None:
     """Copy the first ``size`` bytes of ``source`` (all of it, if it has shrunk since) to ``target``."""
     left = size
@@ -465,73 +441,6 @@ def _deep_merge(old: dict, new: Any) -> Any:
     for key, value in new.items():
         merged[key] = _deep_merge(merged[key], value) if isinstance(merged.get(key), dict) else value
     return merged
-
-
-def check_repo_path(repo_path: str) -> str:
-    """The repo folder, created and checked writable, and any AIM repo in it checked readable by this
-    aim (no aim import: the trainer calls it, so a broken repo fails where the user can see it)."""
-    path = repo_path  # absolute since the settings were resolved
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".tracelet-write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as exc:
-        raise TraceletError(
-            f"tracelet: cannot write to repo_path {path!r} ({exc.strerror or exc}); "
-            "choose a folder you can write to with repo_path= or TRACELET_AIM_REPO"
-        ) from exc
-    repo = os.path.join(path, ".aim")
-    if os.path.lexists(repo) and not os.path.isdir(repo):
-        raise TraceletError(
-            f"tracelet: {repo!r} is not a folder, so it is no AIM repo; move it or choose another repo_path"
-        )
-    version_file = os.path.join(repo, "VERSION")
-    if os.path.exists(version_file):
-        found, supported = _read_version(version_file), _aim_data_version()
-        if found is None or (supported is not None and found > supported):
-            shown = ".".join(map(str, found)) if found else "unreadable"
-            raise TraceletError(
-                f"tracelet: the AIM repo {repo!r} has data version {shown}, which the installed aim "
-                f"(data version {'.'.join(map(str, supported or ()))}) cannot write; upgrade aim or "
-                "choose another repo_path"
-            )
-    return path
-
-
-def _read_version(version_file: str) -> tuple[int, ...] | None:
-    try:
-        with open(version_file, encoding="utf-8") as handle:
-            return tuple(int(part) for part in handle.read().strip().split("."))
-    except (OSError, ValueError):
-        return None
-
-
-def _aim_data_version() -> tuple[int, ...] | None:
-    """aim's ``DATA_VERSION``, read from its source so the trainer need not import aim (0.65 s)."""
-    spec = importlib.util.find_spec("aim")
-    folder = os.path.dirname(spec.origin) if spec and spec.origin else None
-    try:
-        with open(os.path.join(folder or "", "sdk", "data_version.py"), encoding="utf-8") as handle:
-            match = re.search(r"DATA_VERSION\s*=\s*\(([\d,\s]+)\)", handle.read())
-    except OSError:
-        return None
-    return tuple(int(part) for part in match[1].split(",") if part.strip()) if match else None
-
-
-def check_server(remote_uri: str) -> None:
-    """Fail in seconds, with the address, when the AIM server is not there (aim itself retries for long)."""
-    address = remote_uri[len("aim://") :]
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT):
-            pass
-    except OSError as exc:
-        raise TraceletError(
-            f"tracelet: cannot reach the AIM server at {remote_uri} ({exc}); "
-            "is `aim server` running there and the port open?"
-        ) from exc
 
 
 def release_storage(repo: Any, run_hash: str) -> None:

@@ -72,7 +72,13 @@ def main(argv: list[str]) -> int:
             inbox.put(None)
 
     threading.Thread(target=pump, name="tracelet-worker-reader", daemon=True).start()
-    from .forward import aim_sink  # aim's import takes a second: done while the trainer gets ready
+    from .forward import aim_sink
+    from .repo import migrate_in_this_process
+
+    migrate_in_this_process()
+    # aim's import takes about a second: a writer started early (warm_up) does it while the trainer is
+    # still being set up, not after the run was asked for
+    import aim.storage.encoding  # noqa: F401  (aim itself, and what sink/series.py writes with)
 
     # one run after another: a writer whose run closed cleanly waits for the trainer's next run
     while (message := inbox.get()) is not None:

@@ -37,7 +37,7 @@ from .buffered import CLOSE_TIMEOUT, BufferedSink, Unavailable
 from .contract import Sink
 from .watchdog import Watchdog
 
-__all__ = ["ProcessSink", "ThreadSink", "check_target", "open_sink"]
+__all__ = ["ProcessSink", "ThreadSink", "check_target", "open_sink", "warm_up"]
 
 log = logging.getLogger("tracelet_callbacks")
 
@@ -46,11 +46,13 @@ CLOSE_GRACE = 10.0  # seconds a stalled storage gets to close the run at the end
 _F_SETPIPE_SZ = 1031  # Linux: a 1 MiB pipe holds a whole batch, so a busy writer rarely blocks the trainer
 
 
-def open_sink(config: TraceletConfig) -> Sink:
+def open_sink(config: TraceletConfig, *, new_run: bool = False) -> Sink:
     """The sink ``config`` asks for (``sink_factory``, else AIM through ``config.writer``), opened.
 
     A repo folder that cannot be written or a server that does not answer raises here, in the
-    training process, whichever writer is used.
+    training process, whichever writer is used. ``new_run``: ``config.run_hash`` was just chosen for a
+    run that does not exist yet, so there is nothing to wait for before the hash is known (a failure to
+    make the run is told when it happens).
     """
     if config.sink_factory is not None:
         sink: Sink = config.sink_factory(config)
@@ -64,7 +66,7 @@ def open_sink(config: TraceletConfig) -> Sink:
     elif config.writer == "thread":
         sink = ThreadSink(config)
     else:
-        sink = ProcessSink(config)
+        sink = ProcessSink(config, new_run=new_run)
     try:
         sink.open()
     except OSError as exc:  # no way to start a process here (a sandbox, an embedded interpreter)
@@ -83,7 +85,7 @@ def check_target(config: TraceletConfig) -> None:
     answer (no run is made; aim is not imported)."""
     if config.sink_factory is not None:
         return
-    from .run import check_repo_path, check_server
+    from .repo import check_repo_path, check_server
 
     if config.remote_uri and not config.offline:
         check_server(config.remote_uri)
@@ -167,11 +169,31 @@ def writer_pids() -> frozenset[int]:
     return frozenset(_WRITER_PIDS)
 
 
-# A writer whose run closed cleanly waits here for this process's next run (the next fold, trial or
-# Trainer), so that one pays no second start and aim import. One is kept; more are let go.
+# A writer waits here for this process's next run: one started early (warm_up), or one whose run closed
+# cleanly (the next fold, trial or Trainer then pays no second start and aim import). One is kept;
+# more are let go.
 _spare: _Worker | None = None
 _spare_lock = threading.Lock()
 _exiting = False
+
+
+def warm_up(config: TraceletConfig) -> None:
+    """Start this process's writer now, while the trainer is still being set up, so that it has
+    imported aim by the time a run needs it (called when a logger, callback, tracker or writer is
+    made). It holds no run and makes no file; unused, it is stopped when this process exits."""
+    global _spare
+    if config.sink_factory is not None or config.writer != "process":
+        return
+    with _spare_lock:
+        if _exiting or (_spare is not None and _spare.usable()):
+            return
+        stale, _spare = _spare, None
+        try:
+            _spare = _Worker()
+        except OSError:  # no way to start a process here: the run says so when it opens
+            pass
+    if stale is not None:
+        stale.release()
 
 
 def _take_worker() -> _Worker:
@@ -208,9 +230,13 @@ def _stop_spare() -> None:
 class ProcessSink(BufferedSink):
     """Writes through ``python -m tracelet_callbacks.sink.worker`` (see the module docstring)."""
 
-    def __init__(self, config: TraceletConfig) -> None:
+    def __init__(self, config: TraceletConfig, *, new_run: bool = False) -> None:
         super().__init__(config)
         self._worker: _Worker | None = None
+        # a new run's hash is known now; a resumed one is the writer's to confirm (it may not exist)
+        self._new_run = new_run
+        self._hash = config.run_hash if new_run else None
+        self._made = False  # the writer said it opened the run
         self._opened = threading.Event()
         self._open_error: BaseException | None = None
         self._reader: threading.Thread | None = None
@@ -225,9 +251,9 @@ class ProcessSink(BufferedSink):
     def open(self) -> None:
         """Check the repo or server here (errors belong to the caller), then hand the run to a writer.
 
-        The writer (a spare one from this process's last run, or a new one that imports aim while
-        training starts) opens the run in the background; only what needs the run itself (its hash)
-        waits for that.
+        The writer (a spare one started when the logger was made, or kept from this process's last
+        run) opens the run in the background. A new run's hash is known already; resuming a run waits
+        here for the writer to have found it, so a run that is not there fails the caller now.
         """
         worker = self._worker = _take_worker()
         # the routing table and a test's sink factory stay here: the writer only writes
@@ -237,7 +263,7 @@ class ProcessSink(BufferedSink):
         )
         self._reader.start()
         self._start_timer()
-        if self.config.run_hash:
+        if self.config.run_hash and not self._new_run:
             try:
                 self._opened_run()  # resuming a run that is not there is the caller's error, now
             except TraceletError:
@@ -291,6 +317,7 @@ class ProcessSink(BufferedSink):
                 self._died_safely(self._gone_reason)
             elif type(answer) is wire.Opened:
                 self._hash, self._artifacts_uri = answer.hash, answer.artifacts_uri
+                self._made = True
             else:  # it could not open the run, and this process would fail the same way
                 self._open_error = answer.error
                 handed_back = True
@@ -322,7 +349,7 @@ class ProcessSink(BufferedSink):
         if self._open_error is not None:
             # said however early the run was closed (unless open() raises it), and a close() waiting
             # for its answer ends now too
-            if not self.config.run_hash:
+            if self._new_run or not self.config.run_hash:
                 error = str(self._open_error)
                 say(
                     f"{error if error.startswith('tracelet:') else 'tracelet: ' + error}; values logged to "
@@ -451,7 +478,9 @@ class ProcessSink(BufferedSink):
         from .forward import aim_sink
 
         self._let_go(keep=False, wait=10.0)
-        if self._hash is None:  # it died before opening the run: this process opens it
+        if not self._made:
+            # it died before opening the run: this process opens it (a new run's hash comes with
+            # resume="allow", so a run the writer got as far as making is continued, not made twice)
             sink = aim_sink(self.config)
         else:
             # the run's lock names the dead writer's pid; aim treats it as stale once that pid is reaped

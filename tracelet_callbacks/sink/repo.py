@@ -1,0 +1,192 @@
+"""The repo folder: checked from the training process (no aim import), made by the writer.
+
+:func:`check_repo_path` and :func:`check_server` run in the trainer when a run is opened, so a folder
+that cannot be written, a repo this aim cannot write or a server that is not there fails where the
+user sees it. :func:`make_repo` makes a new AIM repo, once however many jobs start together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterator
+
+from ..errors import TraceletError
+
+__all__ = ["check_repo_path", "check_server", "make_repo", "migrate_in_this_process"]
+
+log = logging.getLogger("tracelet_callbacks")
+
+_CONNECT_TIMEOUT = 3.0
+
+#: Whether a new repo's database is set up in this process (see :func:`migrate_in_this_process`).
+_migrate_here = False
+
+
+def migrate_in_this_process() -> None:
+    """Set up new repos' databases in this process from now on: for the writer process only.
+
+    aim sets up a new repo's database by running ``python -m alembic upgrade head`` in a child
+    process: a second interpreter that imports aim again, about 1.5 s on a 2-core machine, which a
+    user's first run in a new folder would otherwise wait for at its end. The writer runs the same
+    migration itself (about 0.2 s, aim already imported). A training process never does: alembic's
+    migration script reconfigures the ``logging`` module.
+    """
+    global _migrate_here
+    _migrate_here = True
+
+
+def make_repo(path: str) -> str:
+    """``path`` with an AIM repo in it (made if there is none), for ``aim.Run(repo=path)``."""
+    os.makedirs(path, exist_ok=True)
+    # Jobs starting together make the repo once: aim writes VERSION last, and a repo seen without it
+    # counts as out of date. A ".aim" without VERSION (left by a deleted repo's last writer) is
+    # made a repo again.
+    with _locked(path):
+        if not os.path.exists(os.path.join(path, ".aim", "VERSION")):
+            from aim import Repo
+
+            with _migrations_here() if _migrate_here else contextlib.nullcontext():
+                Repo.from_path(path, init=True)
+    return path
+
+
+@contextlib.contextmanager
+def _migrations_here() -> Iterator[None]:
+    """While this is open, aim's database migration runs in this process (aim 3.29: ``DB.run_upgrades``
+    calls ``upgrade_database`` as imported into ``aim.storage.structured.db``; pinned by ``aim<4``). Where
+    that is not what this aim does, aim's own way runs unchanged."""
+    try:
+        from aim.storage.migrations import utils
+        from aim.storage.structured import db
+    except ImportError:
+        yield
+        return
+    original = getattr(db, "upgrade_database", None)
+    if original is None:
+        yield
+        return
+
+    def upgrade(db_url: str) -> None:
+        try:
+            _upgrade(db_url, utils.create_migration_cmd())
+        except Exception as exc:  # whatever went wrong here, aim's own child process may still do it
+            log.debug("tracelet: in-process migration failed (%r); running aim's", exc)
+            original(db_url)
+
+    db.upgrade_database = upgrade
+    try:
+        yield
+    finally:
+        db.upgrade_database = original
+
+
+def _upgrade(db_url: str, command_line: list[str]) -> None:
+    """What ``python -m alembic -c INI upgrade head`` does, here, with the logging set up as it was."""
+    from alembic import command
+    from alembic.config import Config
+
+    ini = command_line[command_line.index("-c") + 1]
+    saved_root = logging.root.level, list(logging.root.handlers)
+    saved = {
+        name: getattr(logger, "disabled", False) for name, logger in logging.root.manager.loggerDict.items()
+    }
+    previous = os.environ.get("AIM_RUN_META_DATA_DB_URL")
+    os.environ["AIM_RUN_META_DATA_DB_URL"] = db_url  # what aim's migration script reads
+    try:
+        command.upgrade(Config(ini), "head")
+    finally:
+        if previous is None:
+            os.environ.pop("AIM_RUN_META_DATA_DB_URL", None)
+        else:
+            os.environ["AIM_RUN_META_DATA_DB_URL"] = previous
+        # the migration script calls logging.config.fileConfig, which replaces the root handlers and
+        # turns off every logger it does not name
+        logging.root.setLevel(saved_root[0])
+        logging.root.handlers[:] = saved_root[1]
+        for name, logger in logging.root.manager.loggerDict.items():
+            if isinstance(logger, logging.Logger):
+                logger.disabled = saved.get(name, False)
+
+
+@contextlib.contextmanager
+def _locked(folder: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``flock`` on the folder itself: no file is left behind)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # which releases the lock
+
+
+def check_repo_path(repo_path: str) -> str:
+    """The repo folder, created and checked writable, and any AIM repo in it checked readable by this
+    aim (no aim import: the trainer calls it, so a broken repo fails where the user can see it)."""
+    path = repo_path  # absolute since the settings were resolved
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".tracelet-write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise TraceletError(
+            f"tracelet: cannot write to repo_path {path!r} ({exc.strerror or exc}); "
+            "choose a folder you can write to with repo_path= or TRACELET_AIM_REPO"
+        ) from exc
+    repo = os.path.join(path, ".aim")
+    if os.path.lexists(repo) and not os.path.isdir(repo):
+        raise TraceletError(
+            f"tracelet: {repo!r} is not a folder, so it is no AIM repo; move it or choose another repo_path"
+        )
+    version_file = os.path.join(repo, "VERSION")
+    if os.path.exists(version_file):
+        found, supported = _read_version(version_file), _aim_data_version()
+        if found is None or (supported is not None and found > supported):
+            shown = ".".join(map(str, found)) if found else "unreadable"
+            raise TraceletError(
+                f"tracelet: the AIM repo {repo!r} has data version {shown}, which the installed aim "
+                f"(data version {'.'.join(map(str, supported or ()))}) cannot write; upgrade aim or "
+                "choose another repo_path"
+            )
+    return path
+
+
+def _read_version(version_file: str) -> tuple[int, ...] | None:
+    try:
+        with open(version_file, encoding="utf-8") as handle:
+            return tuple(int(part) for part in handle.read().strip().split("."))
+    except (OSError, ValueError):
+        return None
+
+
+def _aim_data_version() -> tuple[int, ...] | None:
+    """aim's ``DATA_VERSION``, read from its source so the trainer need not import aim (0.65 s)."""
+    spec = importlib.util.find_spec("aim")
+    folder = os.path.dirname(spec.origin) if spec and spec.origin else None
+    try:
+        with open(os.path.join(folder or "", "sdk", "data_version.py"), encoding="utf-8") as handle:
+            match = re.search(r"DATA_VERSION\s*=\s*\(([\d,\s]+)\)", handle.read())
+    except OSError:
+        return None
+    return tuple(int(part) for part in match[1].split(",") if part.strip()) if match else None
+
+
+def check_server(remote_uri: str) -> None:
+    """Fail in seconds, with the address, when the AIM server is not there (aim itself retries for long)."""
+    address = remote_uri[len("aim://") :]
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise TraceletError(
+            f"tracelet: cannot reach the AIM server at {remote_uri} ({exc}); "
+            "is `aim server` running there and the port open?"
+        ) from exc
