@@ -88,18 +88,26 @@ class _StoredArtifact:
     entry: Any
 
 
-def aim_sink(config: TraceletConfig, *, takeover: bool = False, argv: list[str] | None = None) -> Any:
-    """The sink that writes ``config``'s run: straight into a local repo, or through the spool."""
+def aim_sink(
+    config: TraceletConfig, *, takeover: bool = False, argv: list[str] | None = None, new_run: bool = False
+) -> Any:
+    """The sink that writes ``config``'s run: straight into a local repo, or through the spool.
+    ``new_run``: ``config.run_hash`` names a run to make, not one to look for."""
     if config.remote_uri:
-        return ForwardingSink(config, takeover=takeover, argv=argv)
-    return AimSink(config, takeover=takeover, argv=argv, heartbeat=True)
+        return ForwardingSink(config, takeover=takeover, argv=argv, new_run=new_run)
+    return AimSink(config, takeover=takeover, argv=argv, heartbeat=True, new_run=new_run)
 
 
 class ForwardingSink(Sink):
     """Writes a server's run into the spool and forwards it (see the module docstring)."""
 
     def __init__(
-        self, config: TraceletConfig, *, takeover: bool = False, argv: list[str] | None = None
+        self,
+        config: TraceletConfig,
+        *,
+        takeover: bool = False,
+        argv: list[str] | None = None,
+        new_run: bool = False,
     ) -> None:
         import os
 
@@ -108,7 +116,8 @@ class ForwardingSink(Sink):
         # the artifacts go where a run logged straight to the server would put them
         artifacts = config.artifacts_uri or "file://" + os.path.abspath("aim-artifacts")
         spool_config = config.replace(remote_uri=None, repo_path=config.spool_path, artifacts_uri=artifacts)
-        self._spool = AimSink(spool_config, takeover=takeover, argv=argv)
+        self._spool = AimSink(spool_config, takeover=takeover, argv=argv, new_run=new_run)
+        self._new_run = new_run
         self._lock = threading.RLock()
         self._wake = threading.Condition()
         self._queue: collections.deque = collections.deque()
@@ -168,7 +177,7 @@ class ForwardingSink(Sink):
         with self._lock:
             if self._spool.is_open:
                 return
-            if self.config.run_hash and not self.config.offline:
+            if self.config.run_hash and not self.config.offline and not self._new_run:
                 self._fetch_for_resume(self.config.run_hash)
             self._spool.open()
             if not self.config.offline:

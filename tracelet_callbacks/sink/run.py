@@ -48,9 +48,11 @@ class AimSink(Sink):
         takeover: bool = False,
         argv: list[str] | None = None,
         heartbeat: bool = False,
+        new_run: bool = False,
     ) -> None:
         self.config = config
         self._takeover = takeover  # continuing a run our writer opened: not a user's resume
+        self._new_run = new_run  # config.run_hash is a run to make under that hash, not to look for
         self._argv = argv  # the training process's command line, when this runs in the writer process
         self._run: Any = None
         self._hash: str | None = None
@@ -108,7 +110,7 @@ class AimSink(Sink):
             repo: Any = cfg.remote_uri
         else:
             repo = self._local_repo(cfg.repo_path)
-        if cfg.run_hash:
+        if cfg.run_hash and not self._new_run:
             # aim's storage handles of a run closed earlier in this process are freed by the garbage
             # collector; reopening the run while they live reads stale or corrupt chunks
             gc.collect()
@@ -116,8 +118,10 @@ class AimSink(Sink):
             clear = getattr(getattr(aim.Repo, "_all_run_hashes", None), "cache_clear", None)
             if clear is not None:
                 clear()
-        made_here = bool(cfg.run_hash and cfg.resume == "allow" and not self._exists(repo, cfg.run_hash))
+        made_here = self._new_run
         try:
+            if not made_here and cfg.run_hash and cfg.resume == "allow":
+                made_here = not self._exists(repo, cfg.run_hash)
             with contextlib.ExitStack() as context:
                 if not cfg.remote_uri:
                     context.enter_context(roomier_storage())
@@ -135,7 +139,7 @@ class AimSink(Sink):
                 )
         except Exception as exc:
             where = cfg.remote_uri or self._repo_path
-            what = f"resume run {cfg.run_hash!r}" if cfg.run_hash else "open a run"
+            what = f"resume run {cfg.run_hash!r}" if cfg.run_hash and not made_here else "open a run"
             raise TraceletError(
                 f"tracelet: could not {what} in AIM repo {where}: {exc or repr(exc)}"
             ) from exc

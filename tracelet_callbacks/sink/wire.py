@@ -50,10 +50,12 @@ _POLL_SECS = 1.0
 
 class Open(NamedTuple):
     """Open (or resume) the run of ``config``; ``argv`` is the trainer's command line, for the run's
-    environment params (the writer's own would name the worker module)."""
+    environment params (the writer's own would name the worker module). ``new_run``: ``config.run_hash``
+    was just chosen by the trainer for a run to make (nothing to look for)."""
 
     config: Any
     argv: list[str]
+    new_run: bool = False
 
 
 class Batch(NamedTuple):

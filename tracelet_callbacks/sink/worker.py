@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
     while (message := inbox.get()) is not None:
         if type(message) is not wire.Open:
             continue  # sent for a run that could not be opened, before the trainer heard so
-        sink = aim_sink(message.config, argv=message.argv)
+        sink = aim_sink(message.config, argv=message.argv, new_run=message.new_run)
         if hasattr(sink, "notify"):  # news about the server goes to the trainer, who shows it
             sink.notify = lambda text: reply(wire.Notice(text))
         try:

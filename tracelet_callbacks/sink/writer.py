@@ -62,9 +62,9 @@ def open_sink(config: TraceletConfig, *, new_run: bool = False) -> Sink:
     if config.writer == "sync":
         from .forward import aim_sink
 
-        sink = aim_sink(config)
+        sink = aim_sink(config, new_run=new_run)
     elif config.writer == "thread":
-        sink = ThreadSink(config)
+        sink = ThreadSink(config, new_run=new_run)
     else:
         sink = ProcessSink(config, new_run=new_run)
     try:
@@ -75,7 +75,7 @@ def open_sink(config: TraceletConfig, *, new_run: bool = False) -> Sink:
             TraceletWarning,
             stacklevel=3,
         )
-        sink = ThreadSink(config)
+        sink = ThreadSink(config, new_run=new_run)
         sink.open()
     return sink
 
@@ -257,7 +257,8 @@ class ProcessSink(BufferedSink):
         """
         worker = self._worker = _take_worker()
         # the routing table and a test's sink factory stay here: the writer only writes
-        self._send(wire.Open(self.config.replace(routing=None, sink_factory=None), list(sys.argv)))
+        config = self.config.replace(routing=None, sink_factory=None)
+        self._send(wire.Open(config, list(sys.argv), self._new_run))
         self._reader = threading.Thread(
             target=self._read_replies, args=(worker,), name="tracelet-acks", daemon=True
         )
@@ -492,8 +493,9 @@ class ProcessSink(BufferedSink):
 class ThreadSink(BufferedSink):
     """Writes from a thread in this process, through an ``AimSink``."""
 
-    def __init__(self, config: TraceletConfig) -> None:
+    def __init__(self, config: TraceletConfig, *, new_run: bool = False) -> None:
         super().__init__(config)
+        self._new_run = new_run
         self._queue: collections.deque = collections.deque()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -503,7 +505,7 @@ class ThreadSink(BufferedSink):
     def open(self) -> None:
         from .forward import aim_sink
 
-        self._sink = aim_sink(self.config)
+        self._sink = aim_sink(self.config, new_run=self._new_run)
         self._sink.open()
         self._hash, self._artifacts_uri = self._sink.hash, self._sink.artifacts_uri
         config = self.config
