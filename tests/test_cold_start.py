@@ -35,9 +35,7 @@ class Gate:
         self.path = folder / "writer-may-start"
         self.script = folder / "held-python"
         self.script.write_text(
-            "#!/bin/sh\n"
-            f'while [ ! -e "{self.path}" ]; do sleep 0.02; done\n'
-            f'exec "{sys.executable}" "$@"\n'
+            f'#!/bin/sh\nwhile [ ! -e "{self.path}" ]; do sleep 0.02; done\nexec "{sys.executable}" "$@"\n'
         )
         self.script.chmod(self.script.stat().st_mode | stat.S_IXUSR)
 
