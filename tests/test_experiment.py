@@ -188,6 +188,23 @@ def test_start_logging_errors(repo_dir: Path) -> None:
 
 
 @pytest.mark.slow
+def test_start_logging_takes_a_settings_object(repo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``config=TraceletConfig(...)`` as the README shows; exp_name and project fill what it leaves unset,
+    and the environment is not read again (the object is complete)."""
+    monkeypatch.setenv("TRACELET_AIM_EXPERIMENT", "from-env")
+    settings = tracelet.TraceletConfig(repo_path=str(repo_dir / "objects"), tags={"team": "a"})
+    exp = tracelet.start_logging(exp_name="object-run", project="object-project", config=settings)
+    exp.log_metric("train/loss", 1.0, 0)
+    tracelet.stop_logging()
+    run = read_run(repo_dir / "objects", exp.hash)
+    assert (run.name, run.experiment, run["tags"]) == ("object-run", "object-project", {"team": "a"})
+    named = tracelet.TraceletConfig(repo_path=str(repo_dir / "objects"), run_name="kept")
+    exp = tracelet.start_logging(exp_name="ignored", config=named)
+    tracelet.stop_logging()
+    assert exp.name == "kept"
+
+
+@pytest.mark.slow
 def test_environment_variables_configure_the_run(repo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRACELET_AIM_REPO", str(repo_dir / "from_env"))
     monkeypatch.setenv("TRACELET_AIM_EXPERIMENT", "env-exp")

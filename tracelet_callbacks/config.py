@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import math
@@ -17,7 +18,7 @@ from typing import Any
 
 from .core.routing import make_table
 
-__all__ = ["ENV_VARS", "WRITER_MODES", "TraceletConfig", "coerce", "resolve"]
+__all__ = ["ENV_VARS", "WRITER_MODES", "TraceletConfig", "coerce", "explicit", "resolve"]
 
 DEFAULT_EXPERIMENT = "Tracelet Experiments"
 
@@ -98,6 +99,15 @@ class TraceletConfig:
     exit_handlers: bool = True
     sink_factory: Any = None
 
+    def __post_init__(self) -> None:
+        # a TraceletConfig built by hand is checked as one built from a dict: a bad value fails here
+        if not _checking.get():
+            token = _checking.set(True)
+            try:
+                _validated(self)
+            finally:
+                _checking.reset(token)
+
     def replace(self, **changes: Any) -> TraceletConfig:
         """A copy with ``changes``, validated like every other form of settings."""
         for key in changes:
@@ -112,6 +122,21 @@ class TraceletConfig:
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TraceletConfig))
+
+#: Set while a config is being validated, so the copies validation makes are not checked again.
+_checking: contextvars.ContextVar[bool] = contextvars.ContextVar("tracelet_config_checking", default=False)
+
+
+def explicit(config: TraceletConfig) -> dict[str, Any]:
+    """The settings of ``config`` that differ from the defaults, as a ``config=`` dict.
+
+    >>> explicit(TraceletConfig(run_name="a", buffer_size=10))
+    {'run_name': 'a', 'buffer_size': 10}
+    """
+    defaults = TraceletConfig()
+    values = {name: getattr(config, name) for name in FIELDS}
+    return {name: value for name, value in values.items() if value != getattr(defaults, name)}
+
 
 #: Settings for which ``None`` is a meaningful value (no remote, no system tracking ...).
 _NULLABLE = frozenset(

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from .config import resolve
+from .config import TraceletConfig, explicit, resolve
 from .errors import TraceletWarning
 from .run.experiment import Experiment, active, swap_active
 from .run.ranks import global_rank
@@ -31,7 +31,7 @@ def start_logging(
     exp_name: str | None = None,
     project: str | None = None,
     backend: str = "aim",
-    config: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | TraceletConfig | None = None,
     **settings: Any,
 ) -> Experiment:
     """Open an AIM run and route every ``SummaryWriter`` into it until :func:`stop_logging`.
@@ -41,7 +41,8 @@ def start_logging(
         project: the AIM experiment the run belongs to (unless ``config`` sets ``experiment_name``).
         backend: ``"aim"``, the one backend this package writes to.
         config: settings such as ``repo_path``, ``experiment_name``, ``run_name``, ``tags``,
-            ``remote_uri``, ``buffer_size`` (see :class:`~tracelet_callbacks.config.TraceletConfig`).
+            ``remote_uri``, ``buffer_size`` (see :class:`~tracelet_callbacks.config.TraceletConfig`),
+            as a dict or a ``TraceletConfig`` (which is complete: the environment is not read again).
         **settings: the same settings as keywords; they win over ``config``.
 
     Returns:
@@ -63,7 +64,10 @@ def start_logging(
             + ", ".join(repr(b) for b in SUPPORTED_BACKENDS)
         )
     named = {key: value for key, value in (("run_name", exp_name), ("experiment_name", project)) if value}
-    resolved = resolve(settings, {**named, **(config or {})})
+    if isinstance(config, TraceletConfig):
+        resolved = resolve(settings, {**named, **explicit(config)}, env={})
+    else:
+        resolved = resolve(settings, {**named, **(config or {})})
     with _lock:
         if active() is not None:
             warnings.warn(

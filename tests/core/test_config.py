@@ -209,6 +209,7 @@ def test_repo_path_is_made_absolute_once(tmp_path: Path, monkeypatch: pytest.Mon
     ("changes", "key"),
     [
         ({"buffer_size": 0}, "buffer_size"),
+        ({"buffer_size": -1}, "buffer_size"),
         ({"flush_secs": -1}, "flush_secs"),
         ({"log_model": "best"}, "log_model"),
         ({"writer": "fast"}, "writer"),
@@ -219,10 +220,11 @@ def test_repo_path_is_made_absolute_once(tmp_path: Path, monkeypatch: pytest.Mon
         ({"run_name": ["a"]}, "run_name"),
     ],
 )
-def test_a_config_object_with_a_bad_value_fails_when_coerced(changes: dict, key: str) -> None:
-    bad = dataclasses.replace(TraceletConfig(), **changes)  # built past validation on purpose
+def test_a_config_object_with_a_bad_value_fails_where_it_is_built(changes: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
-        coerce(bad)
+        TraceletConfig(**changes)
+    with pytest.raises(ValueError, match=key):
+        dataclasses.replace(TraceletConfig(), **changes)
     with pytest.raises(ValueError, match=key):
         TraceletConfig().replace(**changes)
 

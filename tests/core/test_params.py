@@ -424,3 +424,10 @@ def test_int_beyond_int64_is_stored_as_its_digits() -> None:
         "ok": 2**62,
         "list": [str(-(2**64))],
     }
+
+
+def test_complex_numbers_keep_their_value() -> None:
+    """JSON has no complex numbers; a complex hyperparameter is kept whole as text, not as 'complex'."""
+    params = to_params({"shift": np.complex128(1 + 2j), "plain": 3j, "single": np.complex64(0.5 - 1j)})
+    assert params == {"shift": "(1+2j)", "plain": "3j", "single": "(0.5-1j)"}
+    assert complex(params["shift"]) == 1 + 2j

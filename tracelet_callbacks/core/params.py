@@ -302,6 +302,8 @@ def _converted(value: Any, depth: int) -> Any:
     if isinstance(value, numbers.Real):
         number = float(value)
         return number if math.isfinite(number) else str(number)  # JSON has no NaN / inf
+    if isinstance(value, numbers.Complex):  # nor complex numbers: kept whole, as Python writes them
+        return str(complex(value))
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if depth >= MAX_DEPTH:
