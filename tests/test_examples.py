@@ -27,6 +27,7 @@ PRINTS = {
     "import_tensorboard.sh": ("imported 100 values from 2 event files into 2 runs", "imported 0 values"),
     "resume_rewind.py": ("killed by SIGKILL after step 30", "loss at steps 0..40, 41 points, each step once"),
     "shared_server.sh": ("1 of 2 runs sent", "copied", "up to date"),
+    "switch_from_aim.py": ("switched-lightning: run", "switched-hf: run", "status finished"),
 }
 
 

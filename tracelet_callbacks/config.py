@@ -59,6 +59,8 @@ class TraceletConfig:
             turns it off.
         capture_terminal_logs: also store the process's stdout / stderr in the run (off by default: a
             shared UI is no place for whatever a script prints).
+        log_system_params: record the environment (Python, packages, host, command line with secrets
+            redacted) under ``run["__system_params"]``, where aim's UI shows it; aim's own name.
         log_model: ``False``, ``True`` (best and last checkpoints at the end) or ``"all"`` (each).
         watch: ``"gradients"``, ``"parameters"`` or ``"all"``: the Lightning logger and the Hugging Face
             callback watch the trained model without a call (see ``watch()``); ``None``: only when asked.
@@ -90,6 +92,7 @@ class TraceletConfig:
     flush_secs: float = 5.0
     system_tracking_interval: float | None = 10.0
     capture_terminal_logs: bool = False
+    log_system_params: bool = True
     log_model: bool | str = False
     watch: str | None = None
     watch_freq: int = 100
@@ -147,7 +150,10 @@ _NULLABLE = frozenset(
 _OFF_BY_NONE = frozenset({"system_tracking_interval"})
 
 #: Settings that are true or false; a string such as "no" in a config dict is read as the env is.
-_FLAGS = frozenset({"capture_terminal_logs", "strict", "exit_handlers", "offline"})
+_FLAGS = frozenset({"capture_terminal_logs", "log_system_params", "strict", "exit_handlers", "offline"})
+
+#: aim's own keyword names (``AimLogger`` / ``AimCallback``), so switching to us is a change of import.
+ALIASES: dict[str, str] = {"repo": "repo_path", "experiment": "experiment_name"}
 
 #: Where aim can copy artifacts (its artifact registry's schemes).
 ARTIFACT_SCHEMES = ("file", "s3")
@@ -169,6 +175,7 @@ ENV_VARS: dict[str, str] = {
     "TRACELET_FLUSH_SECS": "flush_secs",
     "TRACELET_SYSTEM_TRACKING_INTERVAL": "system_tracking_interval",
     "TRACELET_CAPTURE_TERMINAL_LOGS": "capture_terminal_logs",
+    "TRACELET_LOG_SYSTEM_PARAMS": "log_system_params",
     "TRACELET_LOG_MODEL": "log_model",
     "TRACELET_WATCH": "watch",
     "TRACELET_WATCH_FREQ": "watch_freq",
@@ -211,6 +218,11 @@ def resolve(
         if not isinstance(source, Mapping):
             raise TypeError(f"tracelet: config must be a dict, got {type(source).__name__}")
         for key, value in source.items():
+            if key in ALIASES:  # aim's name for the same setting
+                own = ALIASES[key]
+                if own in source:
+                    raise ValueError(f"tracelet: {key!r} and {own!r} name the same setting; give one")
+                key = own
             if key not in FIELDS:
                 raise unknown_key_error(str(key))
             if key in _FLAGS and isinstance(value, str):  # "false" in a config file means False

@@ -243,3 +243,12 @@ def test_names_and_flags_in_the_forms_people_write_them() -> None:
     cfg = resolve({"run_name": 3, "experiment_name": Path("exp"), "strict": 1}, env={})
     assert (cfg.run_name, cfg.experiment_name, cfg.strict) == ("3", "exp", True)
     assert resolve({"artifacts_uri": "FILE:///tmp/store"}, env={}).artifacts_uri == "FILE:///tmp/store"
+
+
+def test_aims_own_keyword_names_are_accepted(tmp_path: Path) -> None:
+    """``AimLogger(repo=..., experiment=...)`` users switch by changing the import only."""
+    cfg = resolve({"repo": str(tmp_path), "experiment": "e", "log_system_params": False}, env={})
+    assert (cfg.repo_path, cfg.experiment_name, cfg.log_system_params) == (str(tmp_path), "e", False)
+    assert resolve(None, {"repo": str(tmp_path)}, env={}).repo_path == str(tmp_path)
+    with pytest.raises(ValueError, match="'repo' and 'repo_path' name the same setting"):
+        resolve({"repo": "a", "repo_path": "b"}, env={})

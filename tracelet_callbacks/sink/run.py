@@ -153,7 +153,8 @@ class AimSink(Sink):
                 run["resumed_from_status"] = previous
         run["status"] = "running"
         try:
-            run["__system_params"] = environment_params(self._argv)
+            if cfg.log_system_params:
+                run["__system_params"] = environment_params(self._argv)
         except Exception as exc:  # environment info is a nicety, never a reason to fail
             log.debug("tracelet: could not record environment info: %s", exc)
         run.set_artifacts_uri(cfg.artifacts_uri or self._default_artifacts_uri())
