@@ -734,6 +734,9 @@ def test_a_writer_that_dies_before_opening_the_run_is_replaced_by_this_process(
     assert exp._sink._proc.pid == doomed.proc.pid
     with pytest.warns(TraceletWarning, match="stopped before opening the run"):
         os.kill(doomed.proc.pid, signal.SIGKILL)
+        # the new run's hash is known without the writer, so nothing here waits for it: wait for the
+        # trainer to have noticed (its reply pipe ends) before logging
+        wait_until(lambda: exp._sink._fallback is not None, 30, "the trainer to take over")
         exp.log_metric("train/loss", 1.0, 0)
         assert exp.hash is not None  # the run this process opened in its place
         exp.close()
