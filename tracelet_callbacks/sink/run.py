@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import operator
 import os
 import shutil
 import threading
@@ -32,6 +33,8 @@ __all__ = ["AimSink", "index_run"]
 log = logging.getLogger("tracelet_callbacks")
 
 ARTIFACTS_FOLDER = "aim-artifacts"
+
+_value = operator.itemgetter(1)  # a Scalar's value
 
 
 class AimSink(Sink):
@@ -184,6 +187,10 @@ class AimSink(Sink):
                 self._dropped_after_close()
                 return
             run = self.run
+            records = list(records)
+            if set(map(type, records)) == {rec.Scalar} and set(map(type, map(_value, records))) == {float}:
+                self._write_scalars(run, records)  # the common batch: plain numbers only
+                return
             scalars: list[rec.Scalar] = []
             for record in records:
                 if type(record) is rec.Scalar:

@@ -27,6 +27,7 @@ back to ``Run.track``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
@@ -133,8 +134,14 @@ class ScalarBatcher:
     def write(self, scalars: Sequence[rec.Scalar]) -> None:
         """Write ``scalars`` (in order; a later point at the same step wins, as with ``Run.track``)."""
         groups: dict[tuple[str, tuple], list[rec.Scalar]] = {}
+        # records of one tag share one context dict (one per batch once unpickled): sort each once
+        contexts: dict[int, tuple] = {}
         for record in scalars:
-            key = (record.name, tuple(sorted(record.context.items())))
+            context = record.context
+            found = contexts.get(id(context))
+            if found is None:
+                found = contexts[id(context)] = tuple(sorted(context.items()))
+            key = (record.name, found)
             group = groups.get(key)
             if group is None:
                 groups[key] = [record]
@@ -144,28 +151,38 @@ class ScalarBatcher:
         tracker = self._tracker
         batch = owner = None
         meta_updates: list[tuple[tuple, float]] = []
+        # a step's key is the same in every series of the batch (8 metrics a step: 1 encoding, not 8)
+        step_keys: dict[tuple[Any, int], bytes] = {}
         for (name, _), points in groups.items():
             ctx = self._context(points[0].context)
             info = tracker.sequence_infos[ctx.idx, name]
             if not info.initialized:
                 tracker._init_sequence_info(ctx.idx, name, points[0].value)
             tracker._update_context_data(ctx)
-            views, rows, updates = self._points(info, ctx.idx, name, points)
+            views, steps, columns, updates = self._points(info, ctx.idx, name, points)
             meta_updates += updates
+            step_hash = info.step_hash_fn
             if self._remote:
                 # one request per array of the series (the server writes its keys), not four per value
-                for position, view in enumerate(views):
-                    view.tree.update((), [(index, fields[position]) for index, fields in rows])
+                hashes = list(map(step_hash, steps))
+                for view, column in zip(views, columns, strict=True):
+                    view.tree.update((), list(zip(hashes, column, strict=True)))
                 continue
             if owner is None:
                 owner = _flatten(info.val_view.tree.container)[0]
                 batch = owner.batch()
-            encode_path, encode = self._encode_path, self._encode
-            prefixes = [_flatten(view.tree.container)[1] for view in views]
-            for index, fields in rows:
-                key = encode_path((index,))
-                for prefix, field in zip(prefixes, fields, strict=True):
-                    batch.put(prefix + key, encode(field))
+            keys = []
+            for step in steps:
+                key = step_keys.get((step_hash, step))
+                if key is None:
+                    key = step_keys[step_hash, step] = self._encode_path((step_hash(step),))
+                keys.append(key)
+            # each array's puts run in C (map over prefix + key and the encoded column), not in a
+            # Python loop: four puts per value are most of the writer's work
+            encode, put = self._encode, batch.put
+            for view, column in zip(views, columns, strict=True):
+                prefix = _flatten(view.tree.container)[1]
+                collections.deque(map(put, map(prefix.__add__, keys), map(encode, column)), maxlen=0)
         if batch is not None:
             owner.commit(batch)
         # the points first, then the meta keys that point at them
@@ -174,8 +191,9 @@ class ScalarBatcher:
 
     def _points(
         self, info: Any, ctx_idx: int, name: str, points: list[rec.Scalar]
-    ) -> tuple[list[Any], list[tuple[int, tuple]], list[tuple[tuple, float]]]:
-        """The series' array views, its rows ``(step hash, fields in view order)`` and its meta keys."""
+    ) -> tuple[list[Any], list[int], list[list], list[tuple[tuple, float]]]:
+        """The series' array views, its steps, one column of values per view (in view order) and
+        its meta keys."""
         views = (info.val_view, info.step_view, info.epoch_view, info.time_view)
         views = [view for view in views if view is not None]  # (an array view with no items is falsy)
         has_step = info.step_view is not None
@@ -185,26 +203,26 @@ class ScalarBatcher:
         last_value = None
         moved = False  # whether max / min changed after the first point (NaN never moves them)
         now = time.time()
-        step_hash = info.step_hash_fn
-        rows: list[tuple[int, tuple]] = []
-        for position, point in enumerate(points):
+        steps = [step]
+        for point in points[1:]:
             value = point.value
-            if position:
-                step = point.step if point.step is not None else info.count
-                if step >= info.count:  # the same rule Run.track uses for "last"
-                    info.count = step + 1
-                    last_value = value
-                if value > info.max:
-                    info.max = value
-                    moved = True
-                if value < info.min:
-                    info.min = value
-                    moved = True
-            stamp = point.timestamp if point.timestamp is not None else now
-            fields = (value, step, point.epoch, stamp) if has_step else (value, point.epoch, stamp)
-            rows.append((step_hash(step), fields))
+            step = point.step if point.step is not None else info.count
+            if step >= info.count:  # the same rule Run.track uses for "last"
+                info.count = step + 1
+                last_value = value
+            if value > info.max:
+                info.max = value
+                moved = True
+            if value < info.min:
+                info.min = value
+                moved = True
+            steps.append(step)
+        values = [point.value for point in points]
+        epochs = [point.epoch for point in points]
+        stamps = [point.timestamp if point.timestamp is not None else now for point in points]
+        columns = [values, steps, epochs, stamps] if has_step else [values, epochs, stamps]
         if len(points) == 1:
-            return views, rows, []
+            return views, steps, columns, []
         # the meta keys Run.track rewrites for every value, written once per batch
         trace = ("traces", ctx_idx, name)
         updates: list[tuple[tuple, float]] = [((*trace, "last_step"), info.count - 1)]
@@ -212,7 +230,7 @@ class ScalarBatcher:
             updates += [((*trace, "max"), info.max), ((*trace, "min"), info.min)]
         if last_value is not None:
             updates.append(((*trace, "last"), last_value))
-        return views, rows, updates
+        return views, steps, columns, updates
 
 
 def _flatten(container: Any) -> tuple[Any, bytes]:

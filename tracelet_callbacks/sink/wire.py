@@ -10,6 +10,7 @@ Both sides import this module; neither imports the other.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import select
@@ -212,5 +213,10 @@ def pack(records: list[Any]) -> list[Any]:
 
 
 def unpack(payload: list[Any]) -> list[Any]:
-    make = Scalar._make
-    return [make(item) if type(item) is tuple else item for item in payload]
+    """What :func:`pack` packed: plain tuples become :class:`Scalar` again."""
+    if set(map(type, payload)) == {tuple}:
+        return list(map(_scalar, payload))  # the common batch, made in C
+    return [_scalar(item) if type(item) is tuple else item for item in payload]
+
+
+_scalar = functools.partial(tuple.__new__, Scalar)
