@@ -515,7 +515,8 @@ def artifact_names(
     >>> artifact_names(__file__, "models/")[0][1]
     'models/translator.py'
     """
-    source = os.fspath(path)
+    # absolute here, in the caller's folder: the writer may be a process started in another one
+    source = os.path.abspath(os.fspath(path))
     if not os.path.exists(source):
         raise FileNotFoundError(f"tracelet: cannot log artifact {source!r}: no such file or folder")
     folder = _clean_store_path(artifact_path or "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -23,7 +24,7 @@ from .resume import ResumePoint, find_resume_point, mark_checkpoint
 from .terminal import TerminalCapture
 from .watch import Watchers
 
-__all__ = ["Experiment", "RunHandle", "active", "find_run", "swap_active"]
+__all__ = ["Experiment", "RunHandle", "active", "find_run", "opened_here", "swap_active"]
 
 
 class Experiment:
@@ -65,6 +66,8 @@ class Experiment:
         self._terminal: TerminalCapture | None = None
         #: The checkpoint this run continues from (set by an adapter, or found from ``resume_from``).
         self.resume_point: ResumePoint | None = None
+        self._new_run = False  # the hash in self.config was chosen here, for a run not made yet
+        self._owner = os.getpid()
         if enabled:
             from ..sink.writer import warm_up  # no aim import: that happens in the writer it starts
 
@@ -84,23 +87,17 @@ class Experiment:
             # the sink imports aim: keep that off `import tracelet_callbacks`
             from ..sink.writer import open_sink
 
-            cfg = self.config
-            if self.resume_point is None and cfg.resume_from and not cfg.run_hash and cfg.resume != "never":
-                self.resume_point = find_resume_point(cfg.resume_from, cfg)
-                if self.resume_point is not None:
-                    self.config = cfg.replace(run_hash=self.resume_point.run_hash, run_name=None, tags=None)
-            # A new run's hash is chosen here, so whatever asks for it (Lightning's version, a checkpoint
-            # folder) never waits for the writer to start; the writer makes the run under it.
-            new_run = not self.config.run_hash and self.config.sink_factory is None
-            if new_run:
-                self.config = self.config.replace(run_hash=rec.new_run_hash(), resume="allow")
-            sink = open_sink(self.config, new_run=new_run)
+            self._name_run()
+            sink = open_sink(self.config, new_run=self._new_run)
             if self.resume_point is not None:
                 sink.submit([rec.Resumed(self.resume_point.step, keep=self.config.resume == "append")])
             self._sink = sink
             self._translator = Translator(sink, routing=self.config.routing, strict=self.config.strict)
             self._opened = True
             self._live = self._translator
+            self._owner = os.getpid()
+            if self.config.run_hash:
+                _opened_here[self.config.run_hash] = self
             self._translator.tags(self.config.tags)
             exits.watch(self, hooks=self.config.exit_handlers)
             if (system := self._system()) is not None:
@@ -109,6 +106,24 @@ class Experiment:
             if self.config.capture_terminal_logs:
                 self._terminal = TerminalCapture(sink.submit).start()
         return self
+
+    def _name_run(self) -> None:
+        """Settle which run this is without opening it: the run a ``resume_from`` checkpoint names, or
+        a new run whose hash is chosen here, so whatever asks for it (Lightning's version, a checkpoint
+        folder) never waits for the writer to start; the writer makes the run under it."""
+        cfg = self.config
+        if self.resume_point is None and cfg.resume_from and not cfg.run_hash and cfg.resume != "never":
+            self.resume_point = find_resume_point(cfg.resume_from, cfg)
+            if self.resume_point is not None:
+                self.config = cfg.replace(run_hash=self.resume_point.run_hash, run_name=None, tags=None)
+        if not self.config.run_hash and self.config.sink_factory is None:
+            self.config = self.config.replace(run_hash=rec.new_run_hash(), resume="allow")
+            self._new_run = True
+
+    @property
+    def new_run(self) -> bool:
+        """Whether this is a run whose hash was chosen here and that no writer has made yet."""
+        return self._new_run and not self._opened
 
     def _system(self) -> SystemMonitor | None:
         found = self._monitor
@@ -179,6 +194,8 @@ class Experiment:
             self._closed = True
             self._live = None
             exits.forget(self)
+            if _opened_here.get(self.config.run_hash or "") is self:
+                del _opened_here[self.config.run_hash]
             if self._opened:
                 if self._terminal is not None:
                     self._terminal.stop()
@@ -293,9 +310,13 @@ class Experiment:
 
     @property
     def hash(self) -> str | None:
-        """The AIM run hash (``None`` on a disabled stand-in)."""
+        """The AIM run hash (``None`` on a disabled stand-in); asking opens nothing."""
         if not self.enabled:
             return None
+        if self._sink is None and self.config.sink_factory is None:
+            if not self._closed:
+                self._name_run()
+            return self.config.run_hash
         self.open()
         return self._sink.hash
 
@@ -400,9 +421,30 @@ class RunHandle:
     def __bool__(self) -> bool:
         return self._source.enabled
 
+    def __getattr__(self, name: str) -> Any:
+        """On a stand-in (ranks other than 0) any other call does nothing, as Lightning's
+        ``DummyExperiment``: ``logger.experiment.log_text(...)`` in user code runs on every rank."""
+        if name.startswith("_") or self._source.enabled:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return _nothing
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    return None
+
 
 # The run ``start_logging`` opened: every ``SummaryWriter`` made while it is active writes to it.
 _active: Experiment | None = None
+
+# The runs open in this process, by hash: a copy of a logger (pickled, deep-copied) made in the process
+# whose original holds the run writes through the original's experiment instead of opening it twice.
+_opened_here: weakref.WeakValueDictionary[str, Experiment] = weakref.WeakValueDictionary()
+
+
+def opened_here(run_hash: str | None) -> Experiment | None:
+    """The open experiment of ``run_hash`` in this process (not one a forked parent opened)."""
+    found = _opened_here.get(run_hash or "")
+    return found if found is not None and found.is_open and found._owner == os.getpid() else None
 
 
 def active() -> Experiment | None:

@@ -35,7 +35,7 @@ from typing import Any
 
 from ..config import TraceletConfig
 from ..core.records import new_run_hash, normalise_status
-from .experiment import Experiment, RunHandle
+from .experiment import Experiment, RunHandle, opened_here
 from .ranks import launched_as_rank_zero
 from .resume import ResumePoint
 from .watch import Watchers
@@ -78,8 +78,18 @@ class RunLifecycle:
         ``first_hash``: asked for the run to continue when the first run is made without a
         ``run_hash`` setting (Lightning: the run that wrote the checkpoint being loaded).
         """
+        exp = self._exp
+        if exp is not None and not exp.is_open and exp.enabled:
+            if exp.closed:  # closed by a copy that shared it (or at exit): the next use continues it
+                self._ended_exp, self._exp = exp, None
+                if not self._finished:
+                    self._resume = self._ended = exp.hash
+            elif (shared := opened_here(exp.config.run_hash)) is not None:
+                self._exp = shared  # a copy of this logger in this process holds the run: write through it
         if self._exp is None:
             self._exp = self._make(first_hash)
+            if (shared := opened_here(self._exp.config.run_hash)) is not None:
+                self._exp = shared
         return self._exp
 
     def _make(self, first_hash: Callable[[], str | None] | None) -> Experiment:
@@ -284,8 +294,12 @@ class RunLifecycle:
         state = self.__dict__.copy()
         exp = state.pop("_exp")
         if exp is not None and exp.enabled and not exp.closed:
-            state["_resume"] = exp.hash if exp.is_open else exp.config.run_hash
-            state["_runs"] = max(state["_runs"], 1)
+            run_hash = exp.hash  # named now if it was not: the copy must write the same run
+            if exp.new_run:  # not made yet: whichever uses it first makes it (ddp_spawn's rank 0)
+                state["_reserved"], state["_runs"] = run_hash, 0
+            else:
+                state["_resume"] = run_hash
+                state["_runs"] = max(state["_runs"], 1)
         state["_exp"] = state["_stand_in"] = state["_ended_exp"] = None
         state["_watchers"] = Watchers()  # hooks belong to the model in this process
         return state
