@@ -220,7 +220,9 @@ def resolve(
         for key, value in source.items():
             if key in ALIASES:  # aim's name for the same setting
                 own = ALIASES[key]
-                if own in source:
+                if value is None:
+                    continue
+                if source.get(own) is not None:
                     raise ValueError(f"tracelet: {key!r} and {own!r} name the same setting; give one")
                 key = own
             if key not in FIELDS:

@@ -13,9 +13,8 @@ carries ``module.trainer``), is in docs/architecture.md, "How the Lightning logg
 run that wrote each checkpoint is recorded beside it and found again from the ``Trainer._run`` frame
 (see :func:`~tracelet_callbacks.integrations.lightning.resume.running_trainer`). ``run_hash=`` wins.
 
-**One run across stages.** ``finalize`` closes the run (flushed, status recorded, indexed, so
-``aim.Repo`` sees it as soon as ``fit`` returns); a later ``validate`` / ``test`` with the same logger
-reopens that same run.
+**One run across stages.** ``finalize`` closes the run (flushed, status recorded, indexed); a later
+``validate`` / ``test`` with the same logger reopens that same run. The keywords: :mod:`.keywords`.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from typing import Any, ClassVar
 
 from lightning_utilities.core.rank_zero import rank_zero_only
 
-from ...config import TraceletConfig, coerce
+from ...config import TraceletConfig
 from ...core.translator import Translator
 from ...errors import TraceletError, WarnOnce
 from ...run.checkpoints import CheckpointStore
@@ -39,8 +38,9 @@ from .info import (
     final_status,
     model_params,
     store_optimizers,
-    trainer_params,
+    store_trainer,
 )
+from .keywords import LoggerKeywords
 from .resume import (
     CHECKPOINT_INDEX,
     foreign_checkpoint,
@@ -60,16 +60,16 @@ def _rank() -> int:
     return getattr(rank_zero_only, "rank", 0) or 0
 
 
-class AimLoggerCore:
+class AimLoggerCore(LoggerKeywords):
     """The logger's behaviour; see :class:`.logger.TraceletAimLogger`."""
 
     #: The flavour's ``Trainer`` class, to recognise the trainer that runs this logger.
     _trainer_type: ClassVar[type | None] = None
 
-    def __init__(self, config: Mapping[str, Any] | TraceletConfig | None = None, **settings: Any) -> None:
-        super().__init__()
-        # validated now so a bad setting fails here, not mid-training; nothing is opened yet
-        self._config = coerce(config, settings)
+    def _setup(self, config: TraceletConfig, prefix: str) -> None:
+        """What the constructor does once :class:`.keywords.LoggerKeywords` has read its keywords."""
+        self._config = config  # validated, so a bad setting has failed already; nothing is opened yet
+        self._prefix = prefix
         # ranks are Lightning's decorators' business (the rank is known only once the strategy is set)
         self._runs = RunLifecycle(self._config)
         self._trainer_ref: Callable[[], Any] | None = None
@@ -96,7 +96,7 @@ class AimLoggerCore:
         return self._live().open()  # a checkpoint's run missing from this repo is an error here
 
     def _translator(self) -> Translator | None:
-        return self._opened().translator
+        return self._live().open().translator
 
     # -- the Logger contract ------------------------------------------------------------------------
 
@@ -107,19 +107,23 @@ class AimLoggerCore:
 
     @property
     def version(self) -> str | None:
-        """The AIM run hash (opens the run on rank 0; the known hash, or ``None``, elsewhere)."""
+        """The AIM run hash, known without opening the run (on other ranks: the known hash, or ``None``)."""
         if _rank() > 0:
             return self._runs.known_hash
         self._live()  # made here, so the checkpoint's run is the one named
-        return self._runs.hash  # the writer opens the run in the background; the hash waits for it
+        return self._runs.hash  # chosen in this process: ddp_spawn's rank 0 makes the run under it
 
     @property
-    def save_dir(self) -> None:
-        """``None``: this logger writes no files of its own, so Lightning puts its checkpoints under the
-        ``Trainer``'s ``default_root_dir`` (``<root>/<experiment>/<run hash>/checkpoints``), never into
-        the AIM repo folder, which a team may share and whose checkpoints hold the hyperparameters
-        in clear. ``log_model`` stores them in the run, redacted."""
-        return None
+    def save_dir(self) -> str | None:
+        """The running ``Trainer``'s ``default_root_dir`` (``None`` before one runs this logger): we
+        write no files, so checkpoints go to ``<root>/<experiment>/<run hash>/checkpoints``, never into
+        the AIM repo folder a team may share (``log_model`` stores them redacted); LightningCLI's
+        ``config.yaml`` goes to ``<root>``, and into the run as ``run["config"]``."""
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        if trainer is None:
+            trainer = running_trainer(self, self._trainer_type)[0]
+        root = getattr(trainer, "default_root_dir", None)
+        return str(root) if root is not None else None
 
     @property
     def root_dir(self) -> None:
@@ -131,9 +135,8 @@ class AimLoggerCore:
 
     @property
     def experiment(self) -> RunHandle:
-        """The run handle (``track``, ``run[key] = value`` ...); a do-nothing stand-in on non-zero ranks.
-
-        (Lightning's ``_DummyExperiment`` answers ``hash`` with a function; ours answers ``None``.)"""
+        """The run handle (``track``, ``run[key] = value`` ...); on other ranks a stand-in that, as
+        Lightning's ``DummyExperiment``, swallows any call (its ``hash`` is ``None``)."""
         if _rank() > 0:
             return self._runs.stand_in.run
         self._live()
@@ -161,6 +164,9 @@ class AimLoggerCore:
             return
         if self._optimizers_pending:
             self._optimizers_pending = not store_optimizers(translator, self._trainer_ref)
+        if self._prefix:  # Lightning's loggers join a prefix with "-"; its epoch counter stays AIM's epoch
+            prefix = self._prefix
+            metrics = {key if key == "epoch" else f"{prefix}-{key}": value for key, value in metrics.items()}
         translator.scalars(metrics, step)
 
     @rank_zero_only
@@ -181,7 +187,7 @@ class AimLoggerCore:
         fitting = getattr(stage, "value", stage) == "fit"
         if fitting or not self._trainer_stored:  # a test-only run gets the test trainer's settings
             self._trainer_stored = True
-            translator.params(trainer_params(trainer), key="trainer")
+            store_trainer(translator, trainer)
         if fitting:  # validate / test keep the fit's optimizers around, with their decayed lr
             self._optimizers_pending = not store_optimizers(translator, self._trainer_ref)
 
@@ -214,8 +220,8 @@ class AimLoggerCore:
             self._checkpoints.store(exp, files, CHECKPOINT_FOLDER)
 
     def save(self) -> None:
-        """Nothing: Lightning calls this after every ``log_metrics``, and a flush here would cost a round
-        trip to the writer per step. Values become durable within ``flush_secs`` and at ``finalize``."""
+        """Nothing: Lightning calls this after every ``log_metrics``; a flush per step would cost a round
+        trip to the writer. Values are durable within ``flush_secs``, and all of them at ``finalize``."""
 
     def finalize(self, status: str) -> None:
         """Close the run with ``status`` (``success`` -> ``finished``), storing ``log_model=True`` models.

@@ -24,6 +24,7 @@ __all__ = [
     "model_params",
     "optimizer_params",
     "store_optimizers",
+    "store_trainer",
     "trainer_params",
 ]
 
@@ -74,6 +75,13 @@ def trainer_params(trainer: Any) -> dict[str, Any]:
     if seed:
         settings["seed"] = int(seed) if seed.lstrip("-").isdigit() else seed
     return settings
+
+
+def store_trainer(translator: Any, trainer: Any) -> None:
+    """The trainer's settings under ``trainer``; LightningCLI's parsed config, if any, under ``config``."""
+    translator.params(trainer_params(trainer), key="trainer")
+    if (config := cli_config(trainer)) is not None:
+        translator.params(config, key="config")
 
 
 def store_optimizers(translator: Any, trainer_ref: Any) -> bool:
@@ -166,3 +174,23 @@ def attached_trainer(module: Any) -> Any:
         return module.trainer
     except (AttributeError, RuntimeError):
         return None
+
+
+def cli_config(trainer: Any) -> dict[str, Any] | None:
+    """The configuration LightningCLI parsed for this run (its config file and flags together), as its
+    ``SaveConfigCallback`` writes it to ``config.yaml``; ``None`` when the trainer was not built by one."""
+    for callback in getattr(trainer, "callbacks", None) or ():
+        if not any(cls.__name__ == "SaveConfigCallback" for cls in type(callback).__mro__):
+            continue
+        parser, config = getattr(callback, "parser", None), getattr(callback, "config", None)
+        if parser is None or config is None:
+            continue
+        try:
+            import yaml
+
+            dumped = yaml.safe_load(parser.dump(config, skip_none=False))
+        except Exception:  # what the CLI would write is a nicety here, never a reason to fail
+            as_dict = getattr(config, "as_dict", None)
+            dumped = as_dict() if callable(as_dict) else None
+        return dumped if isinstance(dumped, dict) else None
+    return None
