@@ -131,7 +131,7 @@ def test_fit_validate_test_make_one_finished_run(repo: Path, full: types.SimpleN
     assert full.run.name == "tiny"
     assert len(full.hash) == 24 and full.logger.name == "full"
     # ModelCheckpoint's default folder: the Trainer's root / name / version, not the AIM repo folder
-    assert full.logger.save_dir is None and full.logger.log_dir is None
+    assert full.logger.save_dir == os.fspath(full.root) and full.logger.log_dir is None
     assert full.checkpoint.dirpath == os.path.join(full.root, "full", full.hash, "checkpoints")
     assert not Path(full.checkpoint.dirpath).is_relative_to(repo)
 

@@ -47,12 +47,14 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
 @pytest.mark.parametrize(("bad", "key"), BAD_VALUES, ids=[key for _b, key in BAD_VALUES])
-def test_a_bad_config_object_fails_at_construction_naming_the_key(
+def test_a_bad_config_fails_at_construction_naming_the_key(
     entry: str, bad: dict[str, Any], key: str, repo_dir: Path
 ) -> None:
-    config = dataclasses.replace(TraceletConfig(repo_path=str(repo_dir / "aim")), **bad)
+    with pytest.raises(ValueError, match=key):  # a settings object refuses the value where it is built
+        dataclasses.replace(TraceletConfig(repo_path=str(repo_dir / "aim")), **bad)
+    config = {"repo_path": str(repo_dir / "aim"), **bad}
     make = ENTRY_POINTS[entry]
-    with pytest.raises(ValueError, match=key):
+    with pytest.raises(ValueError, match=key):  # and every entry point refuses it in a config dict
         if entry == "TraceletWriter":
             make(config=config, tensorboard=False)
         else:

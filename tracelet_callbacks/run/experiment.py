@@ -67,6 +67,7 @@ class Experiment:
         #: The checkpoint this run continues from (set by an adapter, or found from ``resume_from``).
         self.resume_point: ResumePoint | None = None
         self._new_run = False  # the hash in self.config was chosen here, for a run not made yet
+        self._told = False  # the hash was handed to the caller (so close() makes the run if nothing did)
         self._owner = os.getpid()
         if enabled:
             from ..sink.writer import warm_up  # no aim import: that happens in the writer it starts
@@ -188,6 +189,14 @@ class Experiment:
         with self._lock:
             if self._closed:
                 return
+            if self._told and not self._opened and self.enabled:
+                # someone was given this run's hash: it must name a run, even one that holds nothing
+                try:
+                    self.open()
+                except TraceletError as exc:
+                    warnings.warn(
+                        f"{exc}; run {self.config.run_hash} was not made", TraceletWarning, stacklevel=2
+                    )
             if self._watchers:  # while the run still takes values: a late NaN's health is written
                 self._watchers.drain()
                 self._watchers.remove()
@@ -316,6 +325,7 @@ class Experiment:
         if self._sink is None and self.config.sink_factory is None:
             if not self._closed:
                 self._name_run()
+                self._told = True
             return self.config.run_hash
         self.open()
         return self._sink.hash

@@ -294,7 +294,8 @@ class RunLifecycle:
         state = self.__dict__.copy()
         exp = state.pop("_exp")
         if exp is not None and exp.enabled and not exp.closed:
-            run_hash = exp.hash  # named now if it was not: the copy must write the same run
+            exp._name_run()  # named now if it was not: the copy must write the same run
+            run_hash = exp.config.run_hash
             if exp.new_run:  # not made yet: whichever uses it first makes it (ddp_spawn's rank 0)
                 state["_reserved"], state["_runs"] = run_hash, 0
             else:
