@@ -10,6 +10,7 @@ run once the writer comes up. A run the writer then fails to make is told, not s
 
 from __future__ import annotations
 
+import os
 import stat
 import sys
 import threading
@@ -55,6 +56,10 @@ def gate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(sys, "executable", str(held.script))
     yield held
     held.open()  # a test that failed early must not leave a writer waiting forever
+    spare = writer._spare  # the test's writer, kept for a next run that will not come: stop it
+    if spare is not None and spare.owner == os.getpid():
+        spare.proc.kill()
+        spare.release(wait=10.0)
 
 
 def without_waiting(read: Callable[[], Any], gate: Gate, what: str) -> Any:

@@ -483,20 +483,33 @@ def _damage(path: Path, how: str) -> tuple[int, str, range]:
     return starts[6], "a record header that fails its checksum", range(5)
 
 
-@pytest.mark.parametrize("how", ["cut", "header"])
-def test_a_damaged_file_imports_its_intact_part_with_one_warning(
-    repo_dir: Path, shared_repo: Path, how: str
-) -> None:
+def test_a_damaged_file_imports_its_intact_part_with_one_warning(repo_dir: Path, shared_repo: Path) -> None:
     folder = repo_dir / "tb" / "run"
     _scalar_run(folder, "train/loss", range(10))
     path = _event_file(folder)
-    offset, why, intact = _damage(path, how)
+    offset, why, intact = _damage(path, "header")
 
     report, caught = _import(repo_dir / "tb", shared_repo)
     assert len(caught) == 1, caught
     assert str(path) in caught[0]
     assert f"{why} at byte {offset}" in caught[0]
     assert [(damage.path, damage.offset) for damage in report.damaged] == [(str(path), offset)]
+    (run_hash,) = report.runs.values()
+    assert series(shared_repo, "loss", TRAIN, run_hash) == _ramp(intact, 0.01)
+
+
+def test_a_killed_jobs_last_record_cut_short_is_a_note_not_damage(repo_dir: Path, shared_repo: Path) -> None:
+    """A job killed while writing leaves its last record cut short; TensorBoard reads that as "not
+    written yet". Everything before it is imported, with no warning, and the report says where."""
+    folder = repo_dir / "tb" / "run"
+    _scalar_run(folder, "train/loss", range(10))
+    path = _event_file(folder)
+    offset, _why, intact = _damage(path, "cut")
+
+    report, caught = _import(repo_dir / "tb", shared_repo)
+    assert caught == []
+    assert report.damaged == []
+    assert [(cut.path, cut.offset) for cut in report.cut_short] == [(str(path), offset)]
     (run_hash,) = report.runs.values()
     assert series(shared_repo, "loss", TRAIN, run_hash) == _ramp(intact, 0.01)
 
@@ -618,15 +631,31 @@ def test_cli_routing_off_keeps_tags_verbatim(repo_dir: Path, shared_repo: Path) 
 
 @pytest.mark.slow
 def test_cli_exits_1_on_a_damaged_file_and_names_it(repo_dir: Path, shared_repo: Path) -> None:
-    folder = repo_dir / "tb" / "cut"
+    folder = repo_dir / "tb" / "bad"
     _scalar_run(folder, "train/loss", range(10))
     path = _event_file(folder)
-    offset, why, intact = _damage(path, "cut")
+    offset, why, intact = _damage(path, "header")
     done = _cli("import-tensorboard", str(repo_dir / "tb"), "--repo", str(shared_repo))
     assert done.returncode == 1, done.stderr
     warned = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
     assert len(warned) == 1, done.stderr
     assert str(path) in warned[0] and f"{why} at byte {offset}" in warned[0]
+    assert SUMMARY.search(done.stdout).groups() == ("5", "1", "1")
+    run_hash = _printed_runs(done.stdout)["bad"]
+    assert series(shared_repo, "loss", TRAIN, run_hash) == _ramp(intact, 0.01)
+
+
+@pytest.mark.slow
+def test_cli_exits_0_on_a_killed_jobs_file_with_a_note(repo_dir: Path, shared_repo: Path) -> None:
+    folder = repo_dir / "tb" / "cut"
+    _scalar_run(folder, "train/loss", range(10))
+    path = _event_file(folder)
+    offset, _why, intact = _damage(path, "cut")
+    done = _cli("import-tensorboard", str(repo_dir / "tb"), "--repo", str(shared_repo))
+    assert done.returncode == 0, done.stderr
+    assert not [line for line in done.stderr.splitlines() if line.startswith("warning:")], done.stderr
+    notes = [line for line in done.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and str(path) in notes[0] and f"byte {offset}" in notes[0], done.stderr
     assert SUMMARY.search(done.stdout).groups() == ("9", "1", "1")
     run_hash = _printed_runs(done.stdout)["cut"]
     assert series(shared_repo, "loss", TRAIN, run_hash) == _ramp(intact, 0.01)

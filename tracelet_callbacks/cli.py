@@ -119,6 +119,12 @@ def import_tensorboard(
         click.echo(f"  {run_hash}  {os.path.relpath(folder, os.path.abspath(logdir))}")
     for kind, count in sorted(report.skipped.items()):
         click.echo(f"  not imported: {count} {kind!r} values (AIM has no matching type)")
+    for cut in report.cut_short:
+        click.echo(
+            f"note: {cut.path} ends in a record cut short at byte {cut.offset} (the job was stopped while "
+            "writing it); everything before it was imported",
+            err=True,
+        )
     if report.damaged:
         sys.exit(1)
 

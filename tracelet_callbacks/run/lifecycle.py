@@ -294,12 +294,12 @@ class RunLifecycle:
         state = self.__dict__.copy()
         exp = state.pop("_exp")
         if exp is not None and exp.enabled and not exp.closed:
-            exp._name_run()  # named now if it was not: the copy must write the same run
-            run_hash = exp.config.run_hash
+            if not exp.is_open:
+                exp._name_run()  # named now if it was not: the copy must write the same run
             if exp.new_run:  # not made yet: whichever uses it first makes it (ddp_spawn's rank 0)
-                state["_reserved"], state["_runs"] = run_hash, 0
+                state["_reserved"], state["_runs"] = exp.config.run_hash, 0
             else:
-                state["_resume"] = run_hash
+                state["_resume"] = exp.hash if exp.is_open else exp.config.run_hash
                 state["_runs"] = max(state["_runs"], 1)
         state["_exp"] = state["_stand_in"] = state["_ended_exp"] = None
         state["_watchers"] = Watchers()  # hooks belong to the model in this process

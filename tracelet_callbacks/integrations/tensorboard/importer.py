@@ -56,6 +56,9 @@ class ImportReport:
     values: int = 0
     bytes_read: int = 0
     damaged: list[Damage] = field(default_factory=list)
+    #: Files whose last record is cut short: the state a killed job leaves (TensorBoard reads it as
+    #: "not written yet"), imported up to it; a note, not damage.
+    cut_short: list[Damage] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)  # summary kind -> values left out
     seconds: float = 0.0
 
@@ -195,8 +198,10 @@ class TensorBoardImporter:
                 if self._on_progress is not None and self.report.values % 5000 == 0:
                     self._on_progress(self.report)
         except Damage as damage:
-            cut_short = damage.why == "a record cut short"
-            if final or not cut_short:
+            cut_short = damage.why == "a record cut short"  # only ever the file's end: nothing follows
+            if final and cut_short:
+                self.report.cut_short.append(damage)
+            elif not cut_short:
                 self.report.damaged.append(damage)
                 warnings.warn(
                     f"tracelet: {path} is damaged ({damage.why} at byte {damage.offset}); everything "
