@@ -79,17 +79,16 @@ class RunLifecycle:
         ``run_hash`` setting (Lightning: the run that wrote the checkpoint being loaded).
         """
         exp = self._exp
-        if exp is not None and not exp.is_open and exp.enabled:
-            if exp.closed:  # closed by a copy that shared it (or at exit): the next use continues it
-                self._ended_exp, self._exp = exp, None
-                if not self._finished:
-                    self._resume = self._ended = exp.hash
-            elif (shared := opened_here(exp.config.run_hash)) is not None:
-                self._exp = shared  # a copy of this logger in this process holds the run: write through it
+        if exp is not None and exp.closed and exp.enabled:
+            # closed by a copy that shared it (or at exit): the next use continues it
+            self._ended_exp, self._exp = exp, None
+            if not self._finished:
+                self._resume = self._ended = exp.hash
         if self._exp is None:
             self._exp = self._make(first_hash)
-            if (shared := opened_here(self._exp.config.run_hash)) is not None:
-                self._exp = shared
+        exp = self._exp
+        if exp.enabled and not exp.is_open and (shared := opened_here(exp.config.run_hash)) is not None:
+            self._exp = shared  # a copy of this logger in this process holds the run: write through it
         return self._exp
 
     def _make(self, first_hash: Callable[[], str | None] | None) -> Experiment:
