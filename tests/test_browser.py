@@ -3,7 +3,8 @@
 A tiny Lightning model trains with ``TraceletAimLogger`` in its own process (system metrics on), then
 ``aim up`` serves the repo on a free port and Playwright drives Debian's ``chromium``. The page must
 list the run, draw ``loss`` in the ``train`` and ``val`` contexts with as many points as were logged
-(counted in the chart's SVG line), show the hparams in the run's params, and draw the trainer's CPU in
+(counted in the chart's SVG line), show the hparams in the run's params without our bookkeeping, name every series it shows in the
+Metrics tab readably, and draw the trainer's CPU in
 the System tab with values above zero (the data the page itself fetched for that chart).
 
 Where ``chromium`` is missing and this process runs as root with ``apt-get``, the module installs it
@@ -175,6 +176,10 @@ def test_the_ui_shows_the_lightning_run(browser, trained: tuple[Path, str, str],
         line.wait_for()
         assert _points(line.get_attribute("d") or "") == expected, subset
 
+    # no series of ours under a raw __system__ name among the run's metrics
+    page.get_by_text("system/process_memory_mib", exact=True).first.wait_for()
+    assert "__system__" not in page.inner_text("body")
+
     # the hparams, in the run's params (a JSON tree: "hparams": 2 items { "hidden": int 8 "lr": ... })
     page.goto(run_url(run_hash, "run_parameters", ui.base_url))
     page.get_by_text('"hparams":', exact=True).first.wait_for()
@@ -182,6 +187,8 @@ def test_the_ui_shows_the_lightning_run(browser, trained: tuple[Path, str, str],
     hparams = text[text.index('"hparams":') :]
     hparams = " ".join(hparams[: hparams.index("}")].split())
     assert '"hidden": int 8' in hparams and '"lr": float 0.05' in hparams, hparams
+    # none of our bookkeeping among them (it is kept under __system_params, which the page leaves out)
+    assert "heartbeat" not in text and "__tracelet" not in text and "resumed_from" not in text, text
 
     # the System tab: the trainer's CPU, drawn from data above zero
     def cpu_data(reply) -> bool:

@@ -58,6 +58,6 @@ def test_every_visible_gpu_has_its_series(repo_dir: Path, monkeypatch: pytest.Mo
     assert visible, "NVML sees no device this process may use"
     assert len({context["gpu"] for context, _ in visible}) <= devices
     for context, _ in visible:
-        used = series(repo_dir, "__system__gpu_memory_used", context, run_hash=run_hash)
+        used = series(repo_dir, "system/gpu_memory_used_mib", context, run_hash=run_hash)
         assert used and all(value > 0 for value in used.values()), context
-        assert series(repo_dir, "__system__gpu_memory_total", context, run_hash=run_hash), context
+        assert series(repo_dir, "system/gpu_memory_total_mib", context, run_hash=run_hash), context

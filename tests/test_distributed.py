@@ -111,14 +111,14 @@ def _system_series(repo: Path, run: Any, name: str) -> dict[int, list[float]]:
 def _assert_system_metrics_of_both_ranks(repo: Path, run: Any) -> None:
     """Rank 0's run holds each rank's CPU and step time under ``{"rank": r}``, and where each rank ran."""
     cpu = _system_series(repo, run, "__system__cpu")
-    step_time = _system_series(repo, run, "__system__step_time")
+    step_time = _system_series(repo, run, "system/step_time_s")
     assert sorted(cpu) == [0, 1] and all(cpu.values()), cpu
     assert sorted(step_time) == [0, 1], step_time
     assert all(value > 0 for values in step_time.values() for value in values), step_time
     # every system reading carries its rank, and both ranks report the same metrics
     names: dict[Any, set[str]] = {}
     for metric in run.metrics():
-        if metric.name.startswith("__system__"):
+        if metric.name.startswith(("__system__", "system/")):
             names.setdefault(metric.context.to_dict().get("rank"), set()).add(metric.name)
     assert sorted(names, key=str) == [0, 1] and names[0] == names[1], names
     ranks = run["ranks"]

@@ -36,6 +36,42 @@ def test_metrics_params_and_status_read_back(repo_dir: Path) -> None:
 
 
 @pytest.mark.slow
+def test_bookkeeping_stays_out_of_the_params_the_ui_shows(repo_dir: Path) -> None:
+    """aim's UI lists every param of a run but ``__system_params``: our heartbeat, the status a resume
+    came from and the mark of ``close-stale`` live there, the user's params and ``status`` stay on top.
+    ``runs ls`` still reads the heartbeat of a run written by an earlier release (a top-level key)."""
+    from tracelet_callbacks.sink.stale import list_runs
+
+    first = tracelet.Experiment(run_name="first", log_system_params=True)
+    first.log_params({"lr": 0.1})
+    first.log_metric("loss", 1.0, 0)
+    first.close("interrupted")
+    second = tracelet.Experiment(run_hash=first.hash, log_system_params=True)
+    second.log_metric("loss", 0.5, 1)
+    second.close()
+
+    run = read_run(repo_dir, first.hash)
+    shown = run.get(..., {})
+    system = shown.pop("__system_params")
+    assert not [key for key in shown if key.startswith("__")], shown
+    assert {"hparams", "status"} <= set(shown) and "resumed_from_status" not in shown, shown
+    assert shown["status"] == "finished"
+    bookkeeping = system["tracelet"]
+    assert bookkeeping["resumed_from_status"] == "interrupted"
+    assert bookkeeping["heartbeat"]["host"] and bookkeeping["heartbeat"]["pid"] > 0
+    assert system["arguments"] and system["packages"]  # aim's own layout, kept beside ours
+
+    import aim
+
+    old = aim.Run(repo=str(repo_dir), system_tracking_interval=None, log_system_params=False)
+    old["__tracelet_heartbeat"] = {"time": 1234.5, "pid": 4321, "host": "elsewhere"}
+    rows = {row.hash: row for row in list_runs(open_repo(repo_dir))}
+    assert (rows[old.hash].heartbeat, rows[old.hash].pid, rows[old.hash].host) == (1234.5, 4321, "elsewhere")
+    assert rows[first.hash].heartbeat == bookkeeping["heartbeat"]["time"]
+    old.close()
+
+
+@pytest.mark.slow
 def test_exception_in_with_block_records_failed(repo_dir: Path) -> None:
     with pytest.raises(RuntimeError), tracelet.Experiment() as exp:
         exp.log_metric("loss", 1.0, 0)
@@ -58,7 +94,8 @@ def test_resume_by_run_hash_continues_the_same_run(repo_dir: Path) -> None:
     assert len(list(open_repo(repo_dir).iter_runs())) == 1
     assert series(repo_dir, "loss", {}) == {step: float(step) for step in range(6)}
     run = read_run(repo_dir, first.hash)
-    assert run["status"] == "finished" and run["resumed_from_status"] == "interrupted"
+    assert run["status"] == "finished"
+    assert run["__system_params"]["tracelet"]["resumed_from_status"] == "interrupted"
 
 
 @pytest.mark.slow

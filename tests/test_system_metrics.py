@@ -11,6 +11,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import re
+import subprocess
 import sys
 import threading
 import time
@@ -70,7 +72,7 @@ def sampling_threads() -> set[threading.Thread]:
 
 
 def system_names(path: Path, run_hash: str) -> set[str]:
-    return {name for name, _context in metric_keys(path, run_hash) if name.startswith("__system__")}
+    return {name for name, _context in metric_keys(path, run_hash) if name.startswith(("__system__", "system/"))}
 
 
 def metric_keys(path: Path, run_hash: str) -> set[tuple[str, tuple]]:
@@ -133,7 +135,7 @@ def test_cpu_of_a_burning_trainer_matches_its_own_cpu_time(repo_dir: Path, fresh
 def test_rss_follows_a_500_mb_allocation_and_leaves_the_writer_out(
     repo_dir: Path, fresh_monitor: None
 ) -> None:
-    """``__system__p_memory_rss`` rises by about 500 MiB while 500 MB are held and falls once freed;
+    """``system/process_memory_mib`` rises by about 500 MiB while 500 MB are held and falls once freed;
     the writer process (the default writer) is not counted in the trainer's memory or threads."""
     import numpy as np
     import psutil
@@ -163,7 +165,7 @@ def test_rss_follows_a_500_mb_allocation_and_leaves_the_writer_out(
     wait_samples(system, 3)
     exp.close()
 
-    rss = timed_series(repo_dir, "__system__p_memory_rss", {}, exp.hash)
+    rss = timed_series(repo_dir, "system/process_memory_mib", {}, exp.hash)
     before = [value for stamp, value in rss if stamp < allocating]
     # a value is stamped just after it is read: the first stamp of a phase may hold a reading of the one
     # before (the sampler thread can be switched out in between), so each phase drops its first
@@ -174,13 +176,74 @@ def test_rss_follows_a_500_mb_allocation_and_leaves_the_writer_out(
     assert max(after) <= min(held) - 400, rss
     # had the writer been counted, the trainer would read its own size plus the writer's
     assert max(before) < own_rss + writer_rss / 2, (before, own_rss, writer_rss)
-    threads = [value for stamp, value in timed_series(repo_dir, "__system__p_threads", {}, exp.hash)]
+    threads = [value for stamp, value in timed_series(repo_dir, "system/process_threads", {}, exp.hash)]
     assert max(threads) < own_threads + writer_threads / 2, (threads, own_threads, writer_threads)
+
+
+def test_the_walk_of_the_process_tree_finds_what_psutil_finds_and_leaves_out_the_excluded() -> None:
+    """Children and grandchildren are found from procfs as psutil's full scan finds them; an excluded pid
+    (our writer) is left out with everything below it. Without procfs' children files, psutil's way."""
+    import psutil
+
+    from tracelet_callbacks.run import system as system_module
+
+    spawn = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    parents = [subprocess.Popen([sys.executable, "-c", spawn]) for _ in range(2)]
+    try:
+        me = psutil.Process()
+
+        def below(pid: int) -> set[int]:
+            return {child.pid for child in psutil.Process(pid).children(recursive=True)}
+
+        wait_until(lambda: all(below(parent.pid) for parent in parents), "a grandchild under each child")
+        ours = {parents[0].pid, parents[1].pid, *below(parents[0].pid), *below(parents[1].pid)}
+        # other tests' processes may come and go meanwhile: only this test's tree is compared
+        assert set(system_module._descendants(me, frozenset(), psutil)) & ours == ours
+        left_out = frozenset({parents[0].pid})
+        kept = {parents[1].pid, *below(parents[1].pid)}
+        assert set(system_module._descendants(me, left_out, psutil)) & ours == kept
+
+        real = system_module._children_of
+        try:  # a machine whose procfs has no children files
+            system_module._children_of = lambda pid: None
+            assert set(system_module._descendants(me, left_out, psutil)) & ours == kept
+        finally:
+            system_module._children_of = real
+    finally:
+        for parent in parents:
+            for child in psutil.Process(parent.pid).children(recursive=True):
+                child.kill()
+            parent.kill()
+            parent.wait()
+
+
+def test_every_series_reads_well_in_aims_ui() -> None:
+    """aim's UI labels exactly the system metrics of its own dictionary ("CPU (%)" and seven more) and
+    shows any other ``__system__`` name raw: ours keep aim's names where aim has one, read from the UI
+    bundle that is installed, and every other reading is named under ``system/``."""
+    import aim_ui
+
+    from tracelet_callbacks.run.system import AIM_SYSTEM_METRICS, SYSTEM_PREFIX, ProcessSampler
+
+    bundle = (Path(aim_ui.__file__).parent / "build" / "static" / "js" / "main.js").read_text("utf-8")
+    dictionary = re.search(r"\{(__system__cpu:[^}]*)\}", bundle)
+    assert dictionary, "aim's UI no longer holds its dictionary of system metric labels"
+    labelled = {entry.split(":")[0].removeprefix(SYSTEM_PREFIX) for entry in dictionary[1].split('",')}
+    assert labelled == AIM_SYSTEM_METRICS
+
+    names = {name for name, _value, _context in ProcessSampler().sample()}
+    names |= {name for name, _value, _context in GpuSampler(nvml=FakeNvml([device(0)]), environ={}).sample()}
+    names |= {"system/step_time_s"}  # written by the monitor once steps advance (tested below)
+    unlabelled = {name for name in names if name.startswith(SYSTEM_PREFIX)} - {
+        SYSTEM_PREFIX + known for known in AIM_SYSTEM_METRICS
+    }
+    assert not unlabelled, f"raw names in aim's UI: {unlabelled}"
+    assert all(name.startswith((SYSTEM_PREFIX, "system/")) for name in names), names
 
 
 @pytest.mark.slow
 def test_step_time_is_written_while_steps_advance(repo_dir: Path, fresh_monitor: None) -> None:
-    """``__system__step_time`` (seconds per step) appears, positive, once logged steps advance between
+    """``system/step_time_s`` (seconds per step) appears, positive, once logged steps advance between
     samples; it is not written before the second step is seen."""
     interval = 0.25
     exp = tracelet.Experiment(repo_path=str(repo_dir), system_tracking_interval=interval).open()
@@ -193,7 +256,7 @@ def test_step_time_is_written_while_steps_advance(repo_dir: Path, fresh_monitor:
     took = time.monotonic() - started
     exp.close()
 
-    times = timed_series(repo_dir, "__system__step_time", {}, exp.hash)
+    times = timed_series(repo_dir, "system/step_time_s", {}, exp.hash)
     assert len(times) >= 3, times
     # one step per step time: at least one sampling wait, at most the whole loop
     assert all(interval * 0.9 <= value <= took for _, value in times), (times, took)
@@ -360,15 +423,15 @@ def test_gpu_fields_are_read_and_converted() -> None:
     gpu0 = (("gpu", 0),)
     assert {name for name, context in found if context == gpu0} == {
         "gpu",
-        "gpu_memory_used",
-        "gpu_memory_total",
+        "system/gpu_memory_used_mib",
+        "system/gpu_memory_total_mib",
         "gpu_memory_percent",
         "gpu_power_watts",
         "gpu_temp",
     }
     assert found["gpu", gpu0] == 10.0
-    assert found["gpu_memory_used", gpu0] == 1024.0
-    assert found["gpu_memory_total", gpu0] == 8192.0
+    assert found["system/gpu_memory_used_mib", gpu0] == 1024.0
+    assert found["system/gpu_memory_total_mib", gpu0] == 8192.0
     assert found["gpu_memory_percent", gpu0] == 12.5
     assert found["gpu_power_watts", gpu0] == 50.0
     assert found["gpu_temp", gpu0] == 40.0
@@ -385,8 +448,8 @@ def test_a_field_a_device_cannot_give_loses_that_field_only(caplog: pytest.LogCa
     assert first == second
     gpu1 = (("gpu", 1),)
     assert {name for name, context in first if context == gpu1} == {
-        "gpu_memory_used",
-        "gpu_memory_total",
+        "system/gpu_memory_used_mib",
+        "system/gpu_memory_total_mib",
         "gpu_memory_percent",
         "gpu_power_watts",
         "gpu_temp",
@@ -413,7 +476,7 @@ def test_mig_slices_are_read_with_their_own_context() -> None:
         (("gpu", 0), ("mig", 2)),
         (("gpu", 1),),
     }
-    assert found["gpu_memory_used", (("gpu", 0), ("mig", 2))] == 3072.0
+    assert found["system/gpu_memory_used_mib", (("gpu", 0), ("mig", 2))] == 3072.0
     assert ("gpu", (("gpu", 0), ("mig", 0))) not in found
     assert ("gpu", (("gpu", 1),)) in found
 
@@ -487,9 +550,9 @@ def test_gpu_readings_from_pynvml_land_in_the_run(
     wait_samples(monitor(exp.config), 2)
     exp.close()
 
-    used = series(repo_dir, "__system__gpu_memory_used", {"gpu": 0}, exp.hash)
+    used = series(repo_dir, "system/gpu_memory_used_mib", {"gpu": 0}, exp.hash)
     assert len(used) >= 2 and set(used.values()) == {1024.0}
     assert set(series(repo_dir, "__system__gpu_temp", {"gpu": 1}, exp.hash).values()) == {41.0}
     assert "__system__gpu" not in system_names(repo_dir, exp.hash)
-    assert series(repo_dir, "__system__p_memory_rss", {}, exp.hash)  # the process readings still come
+    assert series(repo_dir, "system/process_memory_mib", {}, exp.hash)  # the process readings still come
     assert fake.inits == 1  # NVML started once, not at every sample

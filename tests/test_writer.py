@@ -385,7 +385,7 @@ def test_a_takeover_is_not_recorded_as_a_resume(repo_dir: Path) -> None:
         exp.close()
     run = read_run(repo_dir, exp.hash)
     assert run["status"] == "finished"
-    assert run.get("resumed_from_status") is None
+    assert run.get(("__system_params", "tracelet", "resumed_from_status")) is None
 
 
 @pytest.mark.slow

@@ -115,12 +115,12 @@ class Audio(_Tracked):
 
 @dataclass(frozen=True)
 class Params:
-    """JSON-safe values merged into the run under ``key`` (``run[key]``).
+    """JSON-safe values merged into the run under ``key`` (``run[key]``; a tuple is a path into it).
 
     ``merge=True`` updates the nested dict already stored there instead of replacing it.
     """
 
-    key: str
+    key: str | tuple[str, ...]
     values: Any
     merge: bool = True
 

@@ -9,7 +9,7 @@ One :class:`SystemMonitor` per process (:func:`monitor`), started by the first r
   next sample and writes them with ``{"rank": r}``; the host and pid of each rank land in the run
   param ``ranks``. A rank never waits for another: every store call happens on the sampling thread,
   and a rank whose samples are not taken keeps at most :data:`BACKLOG` of them.
-* **Step time** (``__system__step_time``, seconds per step over the last interval) comes from the
+* **Step time** (``system/step_time_s``, seconds per step over the last interval) comes from the
   step each rank has reached at each sample: the run's last logged step on rank 0, the steps adapters
   note on the others (:meth:`SystemMonitor.note_step`, one assignment). A straggling rank shows as one
   slower line.
@@ -33,7 +33,7 @@ from typing import Any
 from ..config import TraceletConfig
 from ..core import records as rec
 from .ranks import global_rank
-from .system import SYSTEM_PREFIX, GpuSampler, ProcessSampler, Reading
+from .system import GpuSampler, ProcessSampler, Reading, system_name
 
 __all__ = ["BACKLOG", "SystemMonitor", "monitor"]
 
@@ -124,11 +124,13 @@ class SystemMonitor:
 
     def _loop(self, stop: threading.Event) -> None:
         while True:
+            began = time.monotonic()
             with self._lock:
                 if stop.is_set():
                     return
                 self._safe_tick()
-            if stop.wait(self.interval):
+            # one sample per interval, however long a sample took (a busy trainer slows it down)
+            if stop.wait(max(self.interval - (time.monotonic() - began), self.interval / 10)):
                 return
 
     def _safe_tick(self) -> None:
@@ -189,7 +191,7 @@ class SystemMonitor:
             now, previous = time.monotonic(), self._last_mark
             if previous is not None and step > previous[0]:
                 per_step = (now - previous[1]) / (step - previous[0])
-                readings.append((SYSTEM_PREFIX + "step_time", round(per_step, 6), {}))
+                readings.append((system_name("step_time"), round(per_step, 6), {}))
             if previous is None or step != previous[0]:
                 self._last_mark = (step, now)
         return readings

@@ -1,6 +1,10 @@
-"""A run's heartbeat: while a writer has a run open it stores ``__tracelet_heartbeat`` =
-``{"time", "pid", "host"}`` on it every :data:`HEARTBEAT_SECS`, so a run whose writer died with its
-trainer can be told from one still being written (see :mod:`~tracelet_callbacks.sink.stale`)."""
+"""A run's heartbeat: while a writer has a run open it stores ``{"time", "pid", "host"}`` under
+:data:`HEARTBEAT_KEY` every :data:`HEARTBEAT_SECS`, so a run whose writer died with its trainer can be
+told from one still being written (see :mod:`~tracelet_callbacks.sink.stale`).
+
+Our bookkeeping lives under ``run["__system_params"]["tracelet"]`` (:data:`BOOKKEEPING`): aim's UI
+leaves ``__system_params`` out of a run's params and of the runs table, so it never sits among the
+user's hyperparameters, and ``run["__system_params"]`` still reads it."""
 
 from __future__ import annotations
 
@@ -14,12 +18,16 @@ from typing import Any
 
 from ..core import records as rec
 
-__all__ = ["HEARTBEAT_KEY", "HEARTBEAT_SECS", "Heartbeat"]
+__all__ = ["BOOKKEEPING", "HEARTBEAT_KEY", "HEARTBEAT_SECS", "LEGACY_HEARTBEAT_KEY", "Heartbeat"]
 
 log = logging.getLogger("tracelet_callbacks")
 
-#: The run param the heartbeat is stored under (aim's UI hides ``__`` params from the table).
-HEARTBEAT_KEY = "__tracelet_heartbeat"
+#: Where our bookkeeping is kept on a run: beside aim's own environment info, out of the UI's params.
+BOOKKEEPING = ("__system_params", "tracelet")
+#: The path of the heartbeat in a run's params.
+HEARTBEAT_KEY = (*BOOKKEEPING, "heartbeat")
+#: Where runs written by earlier releases keep it (still read by ``runs ls`` and ``close-stale``).
+LEGACY_HEARTBEAT_KEY = ("__tracelet_heartbeat",)
 #: Seconds between two heartbeats.
 HEARTBEAT_SECS = 2.0
 

@@ -23,7 +23,7 @@ from ..core import records as rec
 from ..errors import TraceletError, TraceletWarning, say
 from .contract import Sink
 from .environment import environment_params
-from .heartbeat import Heartbeat
+from .heartbeat import BOOKKEEPING, Heartbeat
 from .repo import check_server, make_repo
 from .series import ScalarBatcher, new_run_with_hash, roomier_storage
 from .watchdog import is_disk_full
@@ -150,16 +150,17 @@ class AimSink(Sink):
             return run  # the writer that died had set everything below already
         if cfg.run_name:
             run.name = cfg.run_name
+        try:
+            if cfg.log_system_params:  # key by key: our bookkeeping beside it stays
+                for key, value in environment_params(self._argv).items():
+                    run["__system_params", key] = value
+        except Exception as exc:  # environment info is a nicety, never a reason to fail
+            log.debug("tracelet: could not record environment info: %s", exc)
         if cfg.run_hash and not made_here:
             previous = run.get("status")
             if previous:
-                run["resumed_from_status"] = previous
+                run[(*BOOKKEEPING, "resumed_from_status")] = previous
         run["status"] = "running"
-        try:
-            if cfg.log_system_params:
-                run["__system_params"] = environment_params(self._argv)
-        except Exception as exc:  # environment info is a nicety, never a reason to fail
-            log.debug("tracelet: could not record environment info: %s", exc)
         run.set_artifacts_uri(cfg.artifacts_uri or self._default_artifacts_uri())
         return run
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .heartbeat import HEARTBEAT_KEY
+from .heartbeat import BOOKKEEPING, HEARTBEAT_KEY, LEGACY_HEARTBEAT_KEY
 from .run import index_run, release_storage
 from .spool import open_run
 
@@ -59,7 +59,7 @@ def list_runs(repo: Any) -> list[RunRow]:
         try:
             meta = repo.request_tree("meta", run_hash, read_only=True).subtree(("meta", "chunks", run_hash))
             active = meta.get("end_time") is None
-            beat = meta.get(("attrs", HEARTBEAT_KEY)) or {}
+            beat = meta.get(("attrs", *HEARTBEAT_KEY)) or meta.get(("attrs", *LEGACY_HEARTBEAT_KEY)) or {}
             status = meta.get(("attrs", "status")) or ("running" if active else "finished")
             run = aim.Run(run_hash, repo=repo, read_only=True)
             name, experiment = run.name or "", run.experiment or ""
@@ -112,7 +112,7 @@ def close_stale(repo: Any, older_than: float) -> list[RunRow]:
     for row in stale_runs(repo, older_than):
         run = open_run(repo, row.hash)  # the dead writer's lock is taken over
         run["status"] = "killed"
-        run["tracelet_closed_stale"] = {"time": time.time(), "heartbeat": row.heartbeat}
+        run[(*BOOKKEEPING, "closed_stale")] = {"time": time.time(), "heartbeat": row.heartbeat}
         run.close()
         release_storage(repo, row.hash)
         error = index_run(repo, row.hash)
