@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import TraceletConfig, coerce
+from ..core.params import to_params
 from ..run.experiment import Experiment, RunHandle
 from ..run.lifecycle import RunLifecycle
 from ..run.resume import find_resume_point
@@ -63,7 +64,7 @@ class TraceletAimTracker(GeneralTracker):
         # made here, used by start() on the main process only (accelerate's policy decides the rank)
         self._runs = RunLifecycle(self._config)
         self._begun = False  # start() was called: the run is made on first use
-        self._params: Any = None  # init_trackers' config, stored once the run is known (see _current)
+        self._params: list[Any] = []  # init_trackers' configs as given then, stored once the run is known
         self._hooked: set[int] = set()  # the accelerators whose save_state / load_state we follow
 
     @property
@@ -80,6 +81,8 @@ class TraceletAimTracker(GeneralTracker):
     def experiment(self) -> Experiment | None:
         """The :class:`~tracelet_callbacks.Experiment` behind the tracker: ``None`` until started, and
         after ``end_training()`` the run's, closed (its ``hash`` and ``status`` can still be read)."""
+        if self._begun and not self._runs.finished:
+            return self._current()
         return self._runs.latest
 
     @on_main_process
@@ -94,9 +97,8 @@ class TraceletAimTracker(GeneralTracker):
 
     def _current(self) -> Experiment:
         exp = self._runs.current()
-        if self._params is not None:
-            params, self._params = self._params, None
-            exp.log_params(params)
+        while self._params:  # each merged into the run's hparams, as a later call does
+            exp.log_params(self._params.pop(0))
         return exp
 
     def _follow_checkpoints(self) -> None:
@@ -126,8 +128,13 @@ class TraceletAimTracker(GeneralTracker):
 
     @on_main_process
     def store_init_configuration(self, values: dict) -> None:
-        """Store ``values`` (nested dicts, namespaces, dataclasses ...) as the run's ``hparams``."""
-        self._params = values
+        """Store ``values`` (nested dicts, namespaces, dataclasses ...) as the run's ``hparams``, as
+        they are now (a later change to the caller's dict is not stored); a second call merges."""
+        try:
+            values = to_params(values)  # a copy, read now
+        except Exception:  # kept as given: the run's translator says what it cannot read
+            pass
+        self._params.append(values)
 
     @on_main_process
     def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
@@ -150,10 +157,13 @@ class TraceletAimTracker(GeneralTracker):
         batch = dataformats.upper().startswith("N") or dataformats.upper() == "CNHW"
         for key, value in values.items():
             image, caption = value if isinstance(value, tuple) else (value, "")
+            layout = dataformats
+            if dataformats.upper() == "HWC" and getattr(image, "ndim", None) == 2:
+                layout = "HW"  # a grayscale array under the default: as aim.Image and ClearML take it
             if batch:
                 translator.images(str(key), image, step, dataformats)
             else:
-                translator.image(str(key), image, step, dataformats, caption=str(caption))
+                translator.image(str(key), image, step, layout, caption=str(caption))
 
     @on_main_process
     def watch(self, model: Any, log: str | None = "gradients", log_freq: int = 100) -> None:
