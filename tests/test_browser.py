@@ -3,9 +3,9 @@
 A tiny Lightning model trains with ``TraceletAimLogger`` in its own process (system metrics on), then
 ``aim up`` serves the repo on a free port and Playwright drives Debian's ``chromium``. The page must
 list the run, draw ``loss`` in the ``train`` and ``val`` contexts with as many points as were logged
-(counted in the chart's SVG line), show the hparams in the run's params without our bookkeeping, name every series it shows in the
-Metrics tab readably, and draw the trainer's CPU in
-the System tab with values above zero (the data the page itself fetched for that chart).
+(counted in the chart's SVG line), show the hparams in the run's params without our bookkeeping, name
+every series in the Metrics tab readably, and draw the trainer's CPU in the System tab with values
+above zero (the data the page itself fetched for that chart).
 
 Where ``chromium`` is missing and this process runs as root with ``apt-get``, the module installs it
 first (Debian's package, from the package registry). It skips, saying why, only when that fails.

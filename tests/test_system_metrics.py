@@ -72,7 +72,9 @@ def sampling_threads() -> set[threading.Thread]:
 
 
 def system_names(path: Path, run_hash: str) -> set[str]:
-    return {name for name, _context in metric_keys(path, run_hash) if name.startswith(("__system__", "system/"))}
+    return {
+        name for name, _context in metric_keys(path, run_hash) if name.startswith(("__system__", "system/"))
+    }
 
 
 def metric_keys(path: Path, run_hash: str) -> set[tuple[str, tuple]]:
@@ -187,7 +189,14 @@ def test_the_walk_of_the_process_tree_finds_what_psutil_finds_and_leaves_out_the
 
     from tracelet_callbacks.run import system as system_module
 
-    spawn = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    sleeper = "import time; time.sleep(60)"
+    spawn = "; ".join(
+        [
+            "import subprocess, sys, time",
+            f"subprocess.Popen([sys.executable, '-c', {sleeper!r}])",
+            "time.sleep(60)",
+        ]
+    )
     parents = [subprocess.Popen([sys.executable, "-c", spawn]) for _ in range(2)]
     try:
         me = psutil.Process()

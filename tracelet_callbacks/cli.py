@@ -172,7 +172,7 @@ def sync(spool: str | None, remote_uri: str | None, runs: tuple[str, ...]) -> No
     queries see it at once. Running it again sends nothing twice; after an interruption it goes on.
     """
     from .sink.repo import check_server
-    from .sink.spool import sync_spool
+    from .sink.sync import sync_spool
 
     _say_warnings()
     try:
@@ -217,10 +217,14 @@ def sync(spool: str | None, remote_uri: str | None, runs: tuple[str, ...]) -> No
     finally:
         if bar is not None:
             bar.close()
-    sent = sum(1 for _, outcome in outcomes if outcome != "up to date")
+    sent = sum(1 for _, outcome in outcomes if outcome.startswith("copied"))
     click.echo(f"{sent} of {len(outcomes)} runs sent to {config.remote_uri}")
     for run_hash, outcome in outcomes:
         click.echo(f"  {run_hash}  {outcome}")
+    failed = [run_hash for run_hash, outcome in outcomes if outcome.startswith("failed")]
+    if failed:
+        click.echo(f"error: {len(failed)} runs could not be sent: {', '.join(failed)}", err=True)
+        sys.exit(1)
 
 
 @main.group("runs")

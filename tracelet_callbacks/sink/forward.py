@@ -32,7 +32,9 @@ from ..errors import say
 from .contract import Sink
 from .heartbeat import Heartbeat
 from .repo import check_server
+from .rewind import hold_steps
 from .run import AimSink
+from .spool import read_mark, seed_from, write_mark
 
 __all__ = ["ForwardingSink", "aim_sink"]
 
@@ -177,32 +179,66 @@ class ForwardingSink(Sink):
         with self._lock:
             if self._spool.is_open:
                 return
-            if self.config.run_hash and not self.config.offline and not self._new_run:
-                self._fetch_for_resume(self.config.run_hash)
+            made_here = self._new_run
+            if self.config.run_hash and not self._new_run:
+                made_here = self._prepare_resume(self.config.run_hash)
             self._spool.open()
+            if made_here:  # the spool holds all of it: a copy may replace the server's
+                write_mark(self.spool_path, self.hash, server=self.remote_uri, whole=True)
             if not self.config.offline:
                 with self._wake:
                     self._start_forwarder()
             self._heartbeat.start()
 
-    def _fetch_for_resume(self, run_hash: str) -> None:
-        """A run resumed from the server that the spool lacks is copied into the spool first, so the
-        spool (from which the server's copy is brought up to date) holds all of it."""
+    def _prepare_resume(self, run_hash: str) -> bool:
+        """Before a run is resumed: whether it will be made here (neither the spool nor the server
+        has it). A run the server has may hold more than this spool: its copy is marked not whole
+        before anything of it lands in the spool, and a spool that lacks it gets the run's meta data
+        only (params, tags, each series' last step), not its points. Those stay on the server; a copy
+        from a spool run that is not whole adds to them and never deletes one."""
         import aim
 
-        from .spool import copy_run
-
-        spool_repo = self._spool._local_repo(self.config.spool_path)
-        if aim.Repo.from_path(spool_repo).run_exists(run_hash):
-            return
+        spool_repo = aim.Repo.from_path(self._spool._local_repo(self.config.spool_path))
+        in_spool = spool_repo.run_exists(run_hash)
+        if self.config.offline:
+            return not in_spool and self.config.resume == "allow"
         server = aim.Repo.from_path(self.remote_uri)
-        if server.run_exists(run_hash):
-            copy_run(server, run_hash, aim.Repo.from_path(spool_repo))
+        try:
+            on_server = server.run_exists(run_hash)
+        except Exception:
+            if in_spool:  # the server is away: go on from the spool, the forwarder catches up
+                write_mark(self.spool_path, run_hash, server=self.remote_uri, whole=False)
+                return False
+            raise
+        if not on_server:
+            return not in_spool and self.config.resume == "allow"
+        unfinished = read_mark(self.spool_path, run_hash)["seeded"] is False  # a start that was killed
+        write_mark(self.spool_path, run_hash, server=self.remote_uri, whole=False)
+        if not in_spool or unfinished:
+            write_mark(self.spool_path, run_hash, seeded=False)
+            seed_from(server, run_hash, spool_repo)
+            write_mark(self.spool_path, run_hash, seeded=True)
+        return False
 
     def submit(self, records: Any) -> None:
         with self._lock:
             records = self._explicit_steps(list(records))
+            rewinds = [
+                record.step
+                for record in records
+                if type(record) is rec.Resumed and record.step is not None and not record.keep
+            ]
+            whole = True
+            if rewinds:  # a spool run that is not whole: the server's points after it go on the server
+                mark = read_mark(self.spool_path, self.hash)
+                whole = mark["whole"]
+                if not whole:
+                    earliest = min(rewinds if mark["rewind"] is None else [*rewinds, mark["rewind"]])
+                    write_mark(self.spool_path, self.hash, rewind=earliest)
             self._spool.submit(records)  # an artifact that cannot be stored raises here, for the caller
+            if not whole:  # automatic steps go on from the checkpoint in series only the server holds
+                self._spool.flush()
+                hold_steps(self._spool.run, min(rewinds))
             if self._thread is None:
                 return
             forwarded = []
@@ -445,9 +481,17 @@ class ForwardingSink(Sink):
         self._server = aim.Repo(self.remote_uri)
         aim.Repo._pool[self.remote_uri] = self._server
         spool = aim.Repo.from_path(self.config.spool_path)
+        mark = read_mark(self.spool_path, self.hash)
         copy_run(
-            spool, self.hash, self._server, self._touch, drain=lambda repo: self._drain(repo, generation)
+            spool,
+            self.hash,
+            self._server,
+            self._touch,
+            drain=lambda repo: self._drain(repo, generation),
+            whole=mark["whole"],
+            rewind_to=mark["rewind"],
         )
+        self._rewound(mark["rewind"])
         self._touch(sent=1)
         if self._outage_said:
             self._outage_said = False
@@ -481,6 +525,9 @@ class ForwardingSink(Sink):
         records = [item for item in items if type(item) is not _StoredArtifact]
         if records:
             live.submit(records)
+            for record in records:
+                if type(record) is rec.Resumed and record.step is not None and not record.keep:
+                    self._rewound(record.step)
         for item in items:
             if type(item) is _StoredArtifact:
                 live.run.meta_run_tree.subtree("artifacts")[item.name] = item.entry
@@ -489,6 +536,17 @@ class ForwardingSink(Sink):
         if caught_up:
             self._drain(live.run.repo, generation)
         self._touch(sent=len(items))
+
+    def _rewound(self, step: int | None) -> None:
+        """The server's run was rewound to ``step``: a later copy need not do it again (unless a
+        rewind further back came meanwhile)."""
+        if step is None:
+            return
+        try:
+            if read_mark(self.spool_path, self.hash)["rewind"] == step:
+                write_mark(self.spool_path, self.hash, rewind=None)
+        except OSError as exc:
+            log.debug("tracelet: could not update the spool's mark of run %s: %r", self.hash, exc)
 
     def _finished(self, generation: int) -> None:
         with self._wake:
@@ -501,7 +559,7 @@ class ForwardingSink(Sink):
         """The server has the closed run whole: a later ``sync`` has nothing to send for it."""
         import aim
 
-        from .spool import Journal, finished_mark
+        from .sync import Journal, finished_mark
 
         try:
             mark = finished_mark(aim.Repo.from_path(self.config.spool_path), self.hash)

@@ -18,7 +18,14 @@ from collections.abc import Iterator
 
 from ..errors import TraceletError
 
-__all__ = ["check_repo_path", "check_server", "make_repo", "migrate_in_this_process"]
+__all__ = [
+    "check_address",
+    "check_repo_path",
+    "check_server",
+    "make_repo",
+    "migrate_in_this_process",
+    "not_an_aim_server",
+]
 
 log = logging.getLogger("tracelet_callbacks")
 
@@ -179,7 +186,8 @@ def _aim_data_version() -> tuple[int, ...] | None:
 
 
 def check_server(remote_uri: str) -> None:
-    """Fail in seconds, with the address, when the AIM server is not there (aim itself retries for long)."""
+    """Fail in seconds, with the address, when the AIM server is not there (aim itself retries for
+    long) or what answers there is not an AIM server."""
     address = remote_uri[len("aim://") :]
     host, _, port = address.rpartition(":")
     try:
@@ -190,3 +198,66 @@ def check_server(remote_uri: str) -> None:
             f"tracelet: cannot reach the AIM server at {remote_uri} ({exc}); "
             "is `aim server` running there and the port open?"
         ) from exc
+    wrong = not_an_aim_server(remote_uri)
+    if wrong:
+        raise TraceletError(wrong)
+
+
+def check_address(remote_uri: str) -> None:
+    """At construction: ``ValueError`` when something answers at ``remote_uri`` that is not an AIM
+    server (a web server, aim's UI port). A server that is down is not a mistake in the settings: the
+    spool takes the run until it answers. Asked once per address and process."""
+    wrong = _verdicts.get(remote_uri)
+    if wrong is None:
+        try:
+            wrong = not_an_aim_server(remote_uri) or ""
+        except Exception:  # never a reason to refuse the settings
+            wrong = ""
+        _verdicts[remote_uri] = wrong
+    if wrong:
+        raise ValueError(wrong)
+
+
+_verdicts: dict[str, str] = {}
+
+
+def not_an_aim_server(remote_uri: str) -> str | None:
+    """Why what answers at ``remote_uri`` is not an AIM server, or ``None`` (it is, or nothing clear
+    answered: not there, busy, or TLS, which this plain probe cannot judge).
+
+    An ``aim server`` answers ``GET /client/get-version/`` with JSON holding its version (what aim's
+    own client asks first); aim's UI answers with its web page, another server with an error.
+    """
+    import http.client
+    import json
+
+    if os.environ.get("AIM_CLIENT_SSL_CERTIFICATES_FILE"):
+        return None
+    address = remote_uri[len("aim://") :]
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=_CONNECT_TIMEOUT)
+    try:
+        connection.request("GET", "/client/get-version/")
+        response = connection.getresponse()
+        body = response.read(4096)
+    except (http.client.BadStatusLine, http.client.RemoteDisconnected) as exc:
+        what = f"it does not answer HTTP like `aim server` ({type(exc).__name__})"
+    except OSError:  # not there, or too busy to answer in time: not a verdict
+        return None
+    else:
+        try:
+            version = json.loads(body).get("version") if response.status == 200 else None
+        except (ValueError, AttributeError):
+            version = None
+        if version:
+            return None
+        kind = response.getheader("content-type", "") or "no content type"
+        what = f"GET /client/get-version/ answered {response.status} ({kind.split(';')[0]})"
+        if "html" in kind:
+            what += "; aim's UI (`aim up`, port 43800) is not its tracking server (`aim server`, port 53800)"
+    finally:
+        connection.close()
+    return (
+        f"tracelet: {remote_uri} is not an AIM server: {what}; "
+        "start one with `aim server` and give its address"
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["rewind"]
+__all__ = ["hold_steps", "rewind"]
 
 _ARRAYS = ("val", "step", "epoch", "time")
 
@@ -52,6 +52,24 @@ def rewind(run: Any, step: int) -> int:
     tracker.sequence_infos.clear()  # what is loaded next reads the fixed bookkeeping
     tracker._preload_sequence_infos()
     return removed
+
+
+def hold_steps(run: Any, step: int) -> None:
+    """Make every series of ``run`` go on after ``step``: its last step is ``step`` at most.
+
+    For a run whose points after ``step`` are not here to remove (a spool that holds a server run's
+    meta data but not its points, see :mod:`~tracelet_callbacks.sink.spool`): the server's run is
+    rewound on the server, and the next automatic step here must be the one after the checkpoint.
+    """
+    meta = run.meta_run_tree
+    for ctx, series in (meta.get("traces", {}) or {}).items():
+        for name, info in series.items():
+            last = info.get("last_step") if isinstance(info, dict) else None
+            if isinstance(last, int) and last > step:
+                meta[("traces", ctx, name, "last_step")] = step
+    tracker = run._tracker
+    tracker.sequence_infos.clear()
+    tracker._preload_sequence_infos()
 
 
 def _fix_bookkeeping(run: Any, seqs: Any, path: tuple, ctx: int, name: str, kept: dict, version: int) -> None:

@@ -3,35 +3,78 @@
 A run logged with ``remote_uri`` is written here first and forwarded to the server from there (see
 :mod:`~tracelet_callbacks.sink.forward`); with ``offline=True`` it is only written here. Either way the
 spool run has the hash the server's run has (or will have), so :func:`copy_run` can bring the server
-up to date at any time: after an outage, from ``python -m tracelet_callbacks sync``, or twice.
+up to date at any time: after an outage, from ``python -m tracelet_callbacks sync``
+(:mod:`~tracelet_callbacks.sink.sync`), or twice.
 
 Copying is by storage key, not by replaying values: every point of a series sits at a key made from
-its step, so a copy made twice, or after an interrupted one, leaves each point once. The target's
-series and its meta data (params, series bookkeeping, end time) are replaced as a whole by the
-spool's, which always holds everything (points a resumed run rewound are gone from both). aim 3.29
-has no public call for either (``Run.track`` can only append), so this uses its tree views
+its step, so a copy made twice, or after an interrupted one, leaves each point once.
+
+**What the spool's copy is** decides how a copy treats the server (:func:`read_mark`, one small file
+per run under ``tracelet-runs/``):
+
+* *whole*: the run was made here, so the spool holds all of it. The server's series and meta data are
+  replaced by the spool's, so the points a resumed run rewound go from the server too.
+* anything else (a run resumed from the server, which may hold more than this spool; a run spooled by
+  an earlier release; a mark never written because the writer died first): a copy only adds and
+  overwrites points, never deletes one, and merges the meta data. A rewind the server has not seen yet
+  is kept in the mark and applied to the server's run before the points are sent.
+
+While a copy runs, the server's run is active with a heartbeat and status ``copying``: a copy cut short
+never looks finished, and ``runs close-stale`` can close it.
+
+aim 3.29 has no public call for either (``Run.track`` can only append), so this uses its tree views
 (``request_tree``, ``items``, ``update``, ``make_array``, ``del``; pinned by ``aim<4`` and by
-tests/test_team.py against a live ``aim server``).
+tests/test_team.py and tests/test_server_copies.py against a live ``aim server``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .heartbeat import HEARTBEAT_KEY, HEARTBEAT_SECS
 from .series import new_run_with_hash
 
-__all__ = ["SYNC_JOURNAL", "copy_run", "open_run", "spooled_runs", "sync_spool"]
+__all__ = ["copy_run", "open_run", "read_mark", "seed_from", "series_paths", "write_mark"]
 
-#: The file, inside the spool folder, that records which finished runs a server has whole.
-SYNC_JOURNAL = "tracelet-sync.json"
+#: The folder, inside the spool folder, with one file per run saying what the spool's copy is.
+MARKS = "tracelet-runs"
 #: Points sent to a server per request.
 _CHUNK = 2000
 #: The arrays a series is made of, in aim's layout.
 _ARRAYS = ("val", "step", "epoch", "time")
+
+
+def read_mark(spool: str, run_hash: str) -> dict[str, Any]:
+    """What the spool's copy of ``run_hash`` is: ``{"server", "whole", "rewind", "seeded"}`` (``seeded``:
+    ``False`` while its meta data is being fetched from the server). Without a mark (see the module
+    docstring) it is not whole, and was spooled for no server in particular."""
+    mark: dict[str, Any] = {"server": None, "whole": False, "rewind": None, "seeded": None}
+    try:
+        with open(os.path.join(spool, MARKS, f"{run_hash}.json"), encoding="utf-8") as handle:
+            found = json.load(handle)
+        if isinstance(found, dict):
+            mark.update({key: found[key] for key in mark if key in found})
+    except (OSError, ValueError):
+        pass
+    return mark
+
+
+def write_mark(spool: str, run_hash: str, **changes: Any) -> dict[str, Any]:
+    """Update the mark of ``run_hash`` (written whole, then renamed into place); returns it."""
+    mark = {**read_mark(spool, run_hash), **changes}
+    folder = os.path.join(spool, MARKS)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{run_hash}.json")
+    scratch = f"{path}.{os.getpid()}.tmp"
+    with open(scratch, "w", encoding="utf-8") as handle:
+        json.dump(mark, handle)
+    os.replace(scratch, path)
+    return mark
 
 
 def open_run(repo: Any, run_hash: str, experiment: str | None = None) -> Any:
@@ -63,46 +106,59 @@ def copy_run(
     target: Any,
     progress: Callable[[int], None] | None = None,
     drain: Callable[[Any], None] | None = None,
+    whole: bool = True,
+    rewind_to: int | None = None,
 ) -> int:
-    """Make ``run_hash`` in ``target`` equal to the same run in ``source`` (both ``aim.Repo``).
+    """Bring ``run_hash`` in ``target`` up to date from the same run in ``source`` (both ``aim.Repo``).
 
     Structured fields (name, experiment, description, tags) through ``aim.Run``; every series point
-    by its key; then the run's meta data as a whole; then the run is indexed. Returns the number of
-    points sent. ``progress`` is called with each chunk's count; ``drain(target)`` waits until a
-    server has taken what aim's client queued (default: aim's own wait).
+    by its key; then the run's meta data; then the run is indexed. With ``whole`` the target's series
+    and meta data are replaced by the source's; without, the target's points after ``rewind_to`` go
+    first (a resume's checkpoint), then points are added and meta data merged, nothing else deleted
+    (see the module docstring). Returns the number of points sent. ``progress`` is called with each
+    chunk's count; ``drain(target)`` waits until a server has taken what aim's client queued.
     """
     import aim
 
+    from .rewind import rewind
     from .run import index_run, release_storage
 
     spooled = aim.Run(run_hash, repo=source, read_only=True)
     run = open_run(target, run_hash, spooled.experiment)
     try:
         run.props  # noqa: B018 - a server killed as the run began may lack its props: made here
-        if spooled.name:
+        if spooled.name and (whole or spooled.name != f"Run: {run_hash}"):  # not over a name with aim's
             run.name = spooled.name
-        if spooled.experiment:
+        if spooled.experiment and (whole or not run.experiment):  # a continued run keeps its own
             run.experiment = spooled.experiment
         if spooled.description:
             run.description = spooled.description
         for tag in spooled.tags:
             if tag not in run.tags:
                 run.add_tag(tag)
+        if rewind_to is not None and not whole:
+            rewind(run, rewind_to)
     finally:
-        run.close()  # releases the run's lock; the end time it writes is replaced below
+        run.close()  # releases the run's lock; the end time it writes goes at once
+    target_meta = target.request_tree("meta", run_hash, read_only=False)
+    beat = _copying(target_meta, run_hash)
+    if target.is_remote_repo:  # the mark is on the server before any point: a copy cut short shows
+        (drain or (lambda repo: repo._client.get_queue().wait_for_finish()))(target)
     sent = 0
     seqs = source.request_tree("seqs", run_hash, read_only=True)
     remote_seqs = target.request_tree("seqs", run_hash, read_only=False)
-    # the target's points go first: what the source no longer has (a rewound resume) must go there too
-    for layout in (("seqs", "v2", "chunks", run_hash), ("seqs", "chunks", run_hash)):
-        del remote_seqs[layout]
-    for path in _series_paths(source, run_hash):
+    if whole:  # the target's points go first: what the source no longer has must go there too
+        for layout in (("seqs", "v2", "chunks", run_hash), ("seqs", "chunks", run_hash)):
+            del remote_seqs[layout]
+    held: set[tuple] = set()  # the series the source holds points of
+    for path in series_paths(source, run_hash):
         for array in _ARRAYS:
             items = seqs.subtree((*path, array))
             keys = iter(items.items())  # a server's tree answers with a list
             first = next(keys, None)
             if first is None:
                 continue
+            held.add(path[-2:])
             remote_seqs.make_array((*path, array))
             chunk = [first]
             for item in keys:
@@ -111,10 +167,13 @@ def copy_run(
                     remote_seqs.subtree((*path, array)).update((), chunk)
                     sent += _count(array, chunk, progress)
                     chunk = []
+                    beat = _copying(target_meta, run_hash, beat)
             remote_seqs.subtree((*path, array)).update((), chunk)
             sent += _count(array, chunk, progress)
     meta = source.request_tree("meta", run_hash, read_only=True).collect()
-    target.request_tree("meta", run_hash, read_only=False).set((), meta, strict=False)
+    if not whole:
+        meta = _merged(target_meta.collect(), meta, run_hash, held)
+    target_meta.set((), meta, strict=False)
     if target.is_remote_repo:  # aim's client sends from a queue: the copy is done once it is empty
         (drain or (lambda repo: repo._client.get_queue().wait_for_finish()))(target)
     release_storage(target, run_hash)
@@ -122,6 +181,82 @@ def copy_run(
     if error:
         raise RuntimeError(error)
     return sent
+
+
+def seed_from(server: Any, run_hash: str, spool: Any) -> None:
+    """Make ``run_hash`` in the spool from the server's run: its name, experiment, tags and meta data
+    (params, each series' bookkeeping), not its points. Resuming then costs two requests, whatever
+    the run's length, and automatic steps go on from the server's last step."""
+    import aim
+
+    remote = aim.Run(run_hash, repo=server, read_only=True)
+    run = open_run(spool, run_hash, remote.experiment)
+    try:
+        if remote.experiment:  # (a start killed after making the run may have left aim's default)
+            run.experiment = remote.experiment
+        if remote.name:
+            run.name = remote.name
+        if remote.description:
+            run.description = remote.description
+        for tag in remote.tags:
+            run.add_tag(tag)
+    finally:
+        run.close()
+    meta = server.request_tree("meta", run_hash, read_only=True).collect()
+    spool.request_tree("meta", run_hash, read_only=False).set((), meta, strict=False)
+
+
+def _copying(meta: Any, run_hash: str, last: float = 0.0) -> float:
+    """Mark the target's run as being copied: active, status ``copying``, a heartbeat from this
+    process (renewed every :data:`HEARTBEAT_SECS`). The copy's last step replaces it all."""
+    now = time.time()
+    if now - last < HEARTBEAT_SECS:
+        return last
+    chunk = ("meta", "chunks", run_hash)
+    if not last:
+        try:
+            del meta[(*chunk, "end_time")]
+        except KeyError:
+            pass
+        meta[(*chunk, "attrs", "status")] = "copying"
+    meta[(*chunk, "attrs", *HEARTBEAT_KEY)] = {"time": now, "pid": os.getpid(), "host": socket.gethostname()}
+    return now
+
+
+def _merged(target: dict, source: dict, run_hash: str, held: set[tuple]) -> dict:
+    """The target's meta data with the source's laid over it. A series' bookkeeping comes from the
+    source only if the source holds points of it; otherwise it stays the target's (or absent: a
+    rewind on the target removed the series)."""
+    merged = _overlay(target, source)
+    chunk = merged.get("meta", {}).get("chunks", {}).get(run_hash, {})
+    theirs = target.get("meta", {}).get("chunks", {}).get(run_hash, {})
+    for ctx, series in (chunk.get("traces") or {}).items():
+        for name in list(series):
+            if (ctx, name) in held:
+                continue
+            kept = (theirs.get("traces") or {}).get(ctx, {}).get(name)
+            if kept is None:
+                del series[name]
+            else:
+                series[name] = kept
+    for by_context in (chunk.get("typed_traces") or {}).values():
+        for ctx, names in by_context.items():
+            known = (chunk.get("traces") or {}).get(ctx, {})
+            for name in [name for name in names if name not in known]:
+                del names[name]
+    # our bookkeeping of the copy itself is the source's (or none): not a stale "copying"
+    if chunk.get("attrs", {}).get("status") == "copying":
+        del chunk["attrs"]["status"]
+    return merged
+
+
+def _overlay(under: Any, over: Any) -> Any:
+    if isinstance(under, dict) and isinstance(over, dict):
+        result = dict(under)
+        for key, value in over.items():
+            result[key] = _overlay(under.get(key), value) if key in under else value
+        return result
+    return over
 
 
 def _count(array: str, chunk: list, progress: Callable[[int], None] | None) -> int:
@@ -133,7 +268,7 @@ def _count(array: str, chunk: list, progress: Callable[[int], None] | None) -> i
     return len(chunk)
 
 
-def _series_paths(repo: Any, run_hash: str) -> list[tuple]:
+def series_paths(repo: Any, run_hash: str) -> list[tuple]:
     """Where each series of the run keeps its arrays (aim writes metrics in its "v2" layout)."""
     traces = repo.request_tree("meta", run_hash, read_only=True).subtree(("meta", "chunks", run_hash))
     try:
@@ -147,87 +282,3 @@ def _series_paths(repo: Any, run_hash: str) -> list[tuple]:
             base = ("seqs", "v2", "chunks") if version == 2 else ("seqs", "chunks")
             paths.append((*base, run_hash, ctx, name))
     return paths
-
-
-def series_points(repo: Any, run_hash: str) -> int:
-    """How many points the run's series hold (what a copy sends)."""
-    seqs = repo.request_tree("seqs", run_hash, read_only=True)
-    # counted through items(): keys() of a series' array view fails in aim 3.29
-    return sum(sum(1 for _ in seqs.subtree((*path, "val")).items()) for path in _series_paths(repo, run_hash))
-
-
-def spooled_runs(spool: str) -> list[str]:
-    """The hashes of the runs in the spool folder (none when it holds no AIM repo)."""
-    import aim
-
-    if not aim.Repo.exists(spool):
-        return []
-    return sorted(aim.Repo.from_path(spool).list_all_runs())
-
-
-def finished_mark(repo: Any, run_hash: str) -> float | None:
-    """The spooled run's end time, or ``None`` while it is still being written."""
-    tree = repo.request_tree("meta", run_hash, read_only=True).subtree(("meta", "chunks", run_hash))
-    try:
-        return tree["end_time"]
-    except KeyError:
-        return None
-
-
-class Journal:
-    """Which finished spooled runs each server already has whole (``tracelet-sync.json``)."""
-
-    def __init__(self, spool: str) -> None:
-        self.path = os.path.join(spool, SYNC_JOURNAL)
-        try:
-            with open(self.path, encoding="utf-8") as handle:
-                self._data: dict[str, dict[str, float]] = json.load(handle)
-        except (OSError, ValueError):
-            self._data = {}
-
-    def done(self, target: str, run_hash: str, mark: float | None) -> bool:
-        return mark is not None and self._data.get(target, {}).get(run_hash) == mark
-
-    def record(self, target: str, run_hash: str, mark: float | None) -> None:
-        if mark is None:
-            return
-        self._data.setdefault(target, {})[run_hash] = mark
-        scratch = self.path + ".tmp"
-        with open(scratch, "w", encoding="utf-8") as handle:
-            json.dump(self._data, handle, indent=1, sort_keys=True)
-        os.replace(scratch, self.path)
-
-
-def sync_spool(
-    spool: str,
-    target_uri: str,
-    runs: list[str] | None = None,
-    progress: Callable[[int], None] | None = None,
-    on_total: Callable[[int], None] | None = None,
-) -> list[tuple[str, str]]:
-    """Copy every spooled run (or ``runs``) the server at ``target_uri`` does not have whole yet.
-
-    Returns ``(hash, outcome)`` pairs, outcome one of ``"copied"``, ``"copied (still running)"``,
-    ``"up to date"``. Raises on the first run that cannot be copied; the runs before it are recorded,
-    so running it again goes on from there.
-    """
-    import aim
-
-    source = aim.Repo.from_path(spool)
-    target = aim.Repo.from_path(target_uri)
-    journal = Journal(spool)
-    plan = []
-    for run_hash in runs if runs is not None else spooled_runs(spool):
-        mark = finished_mark(source, run_hash)
-        plan.append((run_hash, mark, journal.done(target_uri, run_hash, mark)))
-    if on_total is not None:
-        on_total(sum(series_points(source, run_hash) for run_hash, _, done in plan if not done))
-    outcomes = []
-    for run_hash, mark, done in plan:
-        if done:
-            outcomes.append((run_hash, "up to date"))
-            continue
-        copy_run(source, run_hash, target, progress)
-        journal.record(target_uri, run_hash, mark)
-        outcomes.append((run_hash, "copied" if mark is not None else "copied (still running)"))
-    return outcomes

@@ -37,7 +37,7 @@ from .buffered import CLOSE_TIMEOUT, BufferedSink, Unavailable
 from .contract import Sink
 from .watchdog import Watchdog
 
-__all__ = ["ProcessSink", "ThreadSink", "check_target", "open_sink", "warm_up"]
+__all__ = ["ProcessSink", "ThreadSink", "check_address", "check_target", "open_sink", "warm_up"]
 
 log = logging.getLogger("tracelet_callbacks")
 
@@ -78,6 +78,15 @@ def open_sink(config: TraceletConfig, *, new_run: bool = False) -> Sink:
         sink = ThreadSink(config, new_run=new_run)
         sink.open()
     return sink
+
+
+def check_address(config: TraceletConfig) -> None:
+    """At construction: ``ValueError`` when ``remote_uri`` names something that is not an AIM server
+    (see :func:`~tracelet_callbacks.sink.repo.check_address`); a server that is down passes."""
+    if config.remote_uri and not config.offline and config.sink_factory is None:
+        from .repo import check_address as check
+
+        check(config.remote_uri)
 
 
 def check_target(config: TraceletConfig) -> None:
