@@ -7,6 +7,7 @@ asked; 1 when it did part (a damaged file was imported up to the damage, say); 2
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import warnings
@@ -270,11 +271,12 @@ def _seconds(value: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     text = value.strip().lower()
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a duration such as 90s, 10m or 2h") from None
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):  # -5m once closed a live run elsewhere
+        raise click.BadParameter(f"{value!r} is not a duration such as 90s, 10m or 2h (0 or more, finite)")
+    return seconds
 
 
 _REPO = click.option("--repo", "repo_path", default=None, help="AIM repo folder (default: . or env)")
@@ -308,7 +310,8 @@ def runs_close_stale(repo_path: str | None, remote_uri: str | None, older_than: 
     """
     from .sink.stale import close_stale
 
-    closed = close_stale(_repo(repo_path, remote_uri), _seconds(older_than))
+    seconds = _seconds(older_than)  # a usage error before anything is opened
+    closed = close_stale(_repo(repo_path, remote_uri), seconds)
     click.echo(f"closed {len(closed)} stale runs")
     for row in closed:
         click.echo(f"  {row.hash}  killed  (heartbeat {_ago(row.heartbeat)}, pid {row.pid} on {row.host})")

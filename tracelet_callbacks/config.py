@@ -212,6 +212,8 @@ def resolve(
         raw = env.get(variable)
         if raw not in (None, ""):
             merged[key] = _from_env(key, raw, variable)
+        elif raw == "" and key == "run_hash":  # a job script's `export ...=$HASH` with HASH unset:
+            merged[key] = raw  # refused below, rather than a new run the job did not mean
     # In a config dict an explicit None is a value ("no remote"); a keyword left at None is simply not
     # given, except where None is the way to turn a default off (system_tracking_interval=None).
     for source, none_counts in ((config or {}), True), ((kwargs or {}), False):
@@ -331,6 +333,11 @@ def _validated(cfg: TraceletConfig) -> TraceletConfig:
             changes[text] = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
     if cfg.run_hash is not None and not isinstance(cfg.run_hash, str):
         raise ValueError(f"tracelet: run_hash must be a string, got {type(cfg.run_hash).__name__}")
+    if isinstance(cfg.run_hash, str) and not cfg.run_hash.strip():
+        raise ValueError(
+            f"tracelet: run_hash is {cfg.run_hash!r}: give the hash of the run to continue (run.hash) "
+            "or leave it out (a new run); check TRACELET_AIM_RUN_HASH if it came from there"
+        )
     try:
         make_table(cfg.routing)
     except TypeError as exc:

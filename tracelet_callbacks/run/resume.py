@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import TraceletConfig
+from ..errors import say
 
 __all__ = ["IDENTITY_FILE", "ResumePoint", "find_resume_point", "mark_checkpoint"]
 
@@ -72,6 +73,9 @@ def find_resume_point(checkpoint: str | os.PathLike | None, config: TraceletConf
     run_hash = entry.get("run_hash") if isinstance(entry, dict) else None
     if not isinstance(run_hash, str):
         return None
+    if not run_hash.strip():
+        say(f"tracelet: {_identity_path(checkpoint)} names no run (an empty run_hash): a new run")
+        return None
     if entry.get("repo") != repo_label(config):
         log.info(
             "tracelet: checkpoint %s belongs to a run in %s, not here: a new run",
@@ -80,4 +84,9 @@ def find_resume_point(checkpoint: str | os.PathLike | None, config: TraceletConf
         )
         return None
     step = entry.get("step")
-    return ResumePoint(run_hash, step if isinstance(step, int) and not isinstance(step, bool) else None)
+    if not isinstance(step, int) or isinstance(step, bool):
+        step = None
+    elif step < 0:  # would rewind the whole run
+        say(f"tracelet: {_identity_path(checkpoint)} holds step {step}: run {run_hash} continues unrewound")
+        step = None
+    return ResumePoint(run_hash, step)

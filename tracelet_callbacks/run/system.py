@@ -55,6 +55,7 @@ def system_name(reading: str) -> str:
     """
     return SYSTEM_PREFIX + reading if reading in AIM_SYSTEM_METRICS else _OWN_NAMES[reading]
 
+
 Reading = tuple[str, float, dict]
 _MIB = 1024 * 1024
 

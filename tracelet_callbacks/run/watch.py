@@ -316,6 +316,11 @@ class Watchers:
         """Watch ``model`` (again: the old watcher is replaced). ``for_this_run``: until
         :meth:`end_run`, so a k-fold loop's earlier models are not kept alive by their hooks."""
         check_watch_args(log, log_freq)
+        if not callable(getattr(model, "named_parameters", None)):  # not a module: say what it needs
+            raise TypeError(
+                f"tracelet: watch() takes a torch.nn.Module (anything with named_parameters()), "
+                f"got {type(model).__name__}"
+            )
         self.remove(model)
         self._by_model[id(model)] = ModelWatcher(model, target, log=log, log_freq=log_freq, **kwargs)
         if for_this_run:
