@@ -23,10 +23,12 @@ from pathlib import Path
 
 import pytest
 
+import test_team
 import tracelet_callbacks as tracelet
 from test_team import CLI, Server, read_run
 
 pytestmark = pytest.mark.slow
+server = test_team.server  # the same fixture: an `aim server` over a fresh repo, stopped afterwards
 
 SERIES, POINTS = 10, 20_000  # the server's run before the resume: 200,000 points
 COPIED = 5_000  # points per series (4 of them) that sync sends
@@ -277,16 +279,6 @@ def test_sync_sends_every_run_it_can_and_names_each_one_it_cannot(server: Server
         timeout=300,
     )
     assert sent.returncode == 0 and f"{elsewhere}  copied" in sent.stdout, sent.stdout + sent.stderr
-
-
-@pytest.fixture
-def server(tmp_path: Path):
-    served = Server(tmp_path / "server_repo")
-    served.start()
-    try:
-        yield served
-    finally:
-        served.kill(signal.SIGTERM)
 
 
 class _NotAim:
