@@ -214,10 +214,7 @@ def _copying(meta: Any, run_hash: str, last: float = 0.0) -> float:
         return last
     chunk = ("meta", "chunks", run_hash)
     if not last:
-        try:
-            del meta[(*chunk, "end_time")]
-        except KeyError:
-            pass
+        meta[(*chunk, "end_time")] = None  # aim's own mark of a run still being written
         meta[(*chunk, "attrs", "status")] = "copying"
     meta[(*chunk, "attrs", *HEARTBEAT_KEY)] = {"time": now, "pid": os.getpid(), "host": socket.gethostname()}
     return now
