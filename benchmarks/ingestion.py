@@ -35,7 +35,21 @@ def log_with_aim(repo: str, values: int, series: int) -> tuple[float, float, str
     return loop, durable, run_hash
 
 
-def log_with_tracelet(repo: str, values: int, series: int, writer: str) -> tuple[float, float, str]:
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux's /proc; ``None`` elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def log_with_tracelet(
+    repo: str, values: int, series: int, writer: str, cpu: dict[str, float | None]
+) -> tuple[float, float, str]:
+    """Times the loop and the wait for durability; ``cpu`` gets the trainer's and the writer
+    process's CPU seconds over both."""
     import tracelet_callbacks as tracelet
 
     where = {"remote_uri": repo} if repo.startswith("aim://") else {"repo_path": repo}
@@ -43,6 +57,11 @@ def log_with_tracelet(repo: str, values: int, series: int, writer: str) -> tuple
     run_hash = exp.hash  # waits for the writer to have opened the run, outside the timed part
     tags = [f"train/metric_{i}" for i in range(series)]
     log_metric = exp.log_metric
+    pids = {"trainer": os.getpid()}
+    proc = getattr(exp._sink, "_proc", None)  # the writer process serving this run (writer="process")
+    if proc is not None:
+        pids["writer process"] = proc.pid
+    before = {who: cpu_seconds(pid) for who, pid in pids.items()}
     start = time.perf_counter()
     for index in range(values):
         log_metric(tags[index % series], float(index), index // series)
@@ -55,6 +74,9 @@ def log_with_tracelet(repo: str, values: int, series: int, writer: str) -> tuple
     else:
         exp.flush()
         durable = time.perf_counter() - start - loop
+        for who, pid in pids.items():
+            now, then = cpu_seconds(pid), before[who]
+            cpu[who] = None if now is None or then is None else now - then
         exp.close()
     return loop, durable, run_hash
 
@@ -92,18 +114,28 @@ def main() -> None:
     aim_values = args.aim_values or args.values
     loop, durable, run_hash = log_with_aim(folder, aim_values, args.series)
     rows.append(("aim Run.track, value by value", aim_values, loop, durable, count(folder, run_hash)))
+    spent: dict[str, dict[str, float | None]] = {}
     for writer in args.writers.split(","):
-        loop, durable, run_hash = log_with_tracelet(folder, args.values, args.series, writer)
+        cpu = spent[writer] = {}
+        loop, durable, run_hash = log_with_tracelet(folder, args.values, args.series, writer, cpu)
         rows.append((f"tracelet writer={writer}", args.values, loop, durable, count(folder, run_hash)))
 
     reference = rows[0][1] / (rows[0][2] + rows[0][3])
-    print(f"{args.series} series, repo {folder}")
+    # the machine's load (1, 5, 15 minutes) as the runs end: a busy machine slows every writer
+    load = ", ".join(f"{average:.2f}" for average in os.getloadavg())
+    print(f"{args.series} series, repo {folder}, load average {load} on {os.cpu_count()} CPUs")
     columns = ("values", "loop s", "last->durable s", "values/s", "x Run.track", "readable")
     print(f"{'what':32} " + " ".join(f"{name:>15}" for name in columns))
     for label, values, loop, durable, readable in rows:
         rate = values / (loop + durable)
         cells = (f"{values:d}", f"{loop:.2f}", f"{durable:.3f}", f"{rate:.0f}", f"{rate / reference:.2f}")
         print(f"{label:32} " + " ".join(f"{cell:>15}" for cell in (*cells, f"{readable:d}")))
+    for writer, cpu in spent.items():  # what each value cost, wherever it ran (a loaded machine hides it)
+        costs = [
+            f"{who} {1e6 * seconds / args.values:.2f}" for who, seconds in cpu.items() if seconds is not None
+        ]
+        if costs:
+            print(f"writer={writer}: CPU µs a value, from the first call until durable: " + ", ".join(costs))
 
 
 if __name__ == "__main__":

@@ -743,3 +743,259 @@ def test_a_writer_that_dies_before_opening_the_run_is_replaced_by_this_process(
     run = read_run(repo_dir, exp.hash)
     assert (run.name, run["tags"], run["status"]) == ("rescued", {"team": "a"}, "finished")
     assert indexed_series(repo_dir, exp.hash)[_key("loss", {"subset": "train"})][:2] == ([0], [1.0])
+
+
+# -- 12. a pipelined writer acknowledges a batch only once it is committed -------------------------
+
+
+class CommitGate:
+    """Stands between ``ScalarBatcher`` and the RocksDB container it commits to: notes each commit
+    (the thread it ran on; the batches committed so far), holds commit ``hold`` until ``release`` is
+    set, and makes commit ``fail`` raise ``error`` instead of writing."""
+
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        hold: int | None = None,
+        fail: int | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        from tracelet_callbacks.sink import series as batching
+
+        self.hold, self.fail, self.error = hold, fail, error
+        self.waiting, self.release = threading.Event(), threading.Event()
+        self.threads: list[str] = []
+        self.committed: list[int] = []
+        flatten = batching._flatten
+
+        def gated(container: Any) -> tuple[Any, bytes]:
+            owner, prefix = flatten(container)
+            return _GatedContainer(owner, self), prefix
+
+        monkeypatch.setattr(batching, "_flatten", gated)
+
+    def commit(self, owner: Any, batch: Any) -> None:
+        number = len(self.threads) + 1
+        self.threads.append(threading.current_thread().name)
+        if number == self.hold:
+            self.waiting.set()
+            assert self.release.wait(120), "the test never released the commit"
+        if number == self.fail:
+            raise self.error  # type: ignore[misc]
+        owner.commit(batch)
+        self.committed.append(number)
+
+
+class _GatedContainer:
+    def __init__(self, owner: Any, gate: CommitGate) -> None:
+        self._owner, self._gate = owner, gate
+
+    def batch(self) -> Any:
+        return self._owner.batch()
+
+    def commit(self, batch: Any) -> None:
+        self._gate.commit(self._owner, batch)
+
+
+def steps_of(batch: int, per_batch: int = 50) -> range:
+    return range(batch * per_batch, (batch + 1) * per_batch)
+
+
+def metric_batch(batch: int) -> list:
+    """Batch ``batch`` (from 0) of a run: 8 metrics x 50 steps, as the trainer would send it."""
+    from tracelet_callbacks.core import records as rec
+
+    context = {"subset": "train"}
+    return [
+        rec.Scalar(f"m{k}", float(step * 10 + k), step, None, context, 1.0e9 + step)
+        for step in steps_of(batch)
+        for k in range(8)
+    ]
+
+
+def serve_in_a_thread(sink: AimSink, messages: list, gate: CommitGate) -> tuple[Any, Any, Any]:
+    """The writer process's loop (``worker._serve``) on ``sink`` in a thread of this process, its inbox
+    already holding ``messages``. Each reply is kept with the commits that had returned when it was
+    sent."""
+    import queue
+
+    from tracelet_callbacks.sink import worker
+    from tracelet_callbacks.sink.watchdog import Watchdog
+
+    inbox: queue.Queue = queue.Queue()
+    for message in messages:
+        inbox.put(message)
+    replies: queue.Queue = queue.Queue()
+    watchdog = Watchdog(sink.config.repo_path, on_stall=lambda reason: None).start()
+    serving = threading.Thread(
+        target=lambda: replies.put(
+            ("served", worker._serve(sink, inbox, lambda m: replies.put((m, list(gate.committed))), watchdog))
+        ),
+        daemon=True,
+    )
+    serving.start()
+    return serving, inbox, replies
+
+
+def pipelined_sink() -> AimSink:
+    from tracelet_callbacks.config import resolve
+
+    sink = AimSink(resolve({"repo_path": os.getcwd()}))
+    sink.pipelined = True  # as the writer process sets it
+    sink.open()
+    return sink
+
+
+def test_the_writer_acknowledges_a_batch_only_once_its_commit_has_returned(
+    repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import series
+    from tracelet_callbacks.sink import wire
+
+    gate = CommitGate(monkeypatch, hold=2)
+    sink = pipelined_sink()
+    entered: list[int] = []
+    third = threading.Event()
+    submit = sink.submit
+
+    def noting(records: list) -> None:
+        entered.append(len(entered) + 1)
+        if len(entered) == 3:
+            third.set()
+        submit(records)
+
+    sink.submit = noting  # type: ignore[method-assign]
+    batches = [wire.Batch(seq, wire.pack(metric_batch(seq - 1))) for seq in (1, 2, 3)]
+    serving, inbox, replies = serve_in_a_thread(sink, batches, gate)
+
+    try:
+        # batch 2's commit runs, and waits, while the writer has gone on to batch 3: a writer that
+        # acknowledged a batch once handed to its committer would have told the trainer by now
+        assert gate.waiting.wait(60) and third.wait(60)
+        sent = []
+        while not replies.empty():
+            sent.append(replies.get())
+        assert [message.seq for message, _ in sent] in ([], [1])  # batch 1 is durable; 2 and 3 are not
+        assert gate.committed == [1]
+    finally:
+        gate.release.set()
+    while len(sent) < 3:
+        sent.append(replies.get(timeout=60))
+    assert [type(message) for message, _ in sent] == [wire.Ack] * 3
+    for message, committed in sent:
+        assert message.seq in committed, f"batch {message.seq} acknowledged before its commit returned"
+        assert (message.failures, message.error) == (0, None)
+    # the commits ran beside the writer's main thread, one at a time, in order
+    assert gate.committed == [1, 2, 3]
+    assert {name.split("_")[0] for name in gate.threads} == {"tracelet-commit"}
+
+    inbox.put(wire.Close(4, "finished"))
+    closed, _ = replies.get(timeout=60)
+    assert closed == wire.Closed(4, None)
+    assert replies.get(timeout=60) == ("served", True)
+    serving.join(60)
+    for k in range(8):
+        assert series(repo_dir, f"m{k}", {"subset": "train"}, sink.hash) == {
+            step: float(step * 10 + k) for step in range(150)
+        }
+    meta = trace_meta(repo_dir, sink.hash)[_key("m7", {"subset": "train"})]
+    assert (meta["last_step"], meta["last"], meta["min"], meta["max"]) == (149, 1497.0, 7.0, 1497.0)
+    committers = [thread for thread in threading.enumerate() if thread.name.startswith("tracelet-commit")]
+    assert not committers  # the committer thread ended with the run
+
+
+def test_anything_but_numbers_waits_for_the_commit_before_it(
+    repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracelet_callbacks.core import records as rec
+    from tracelet_callbacks.sink import wire
+
+    gate = CommitGate(monkeypatch, hold=1)
+    sink = pipelined_sink()
+    reached = threading.Event()  # the writer is about to write the params, or to wait before it
+    written: list[tuple[str, list[int]]] = []
+    settle, write = sink._settle, sink._write
+
+    def settling() -> None:
+        reached.set()
+        settle()
+
+    def writing(run: Any, record: Any) -> None:
+        written.append((type(record).__name__, list(gate.committed)))
+        reached.set()
+        write(run, record)
+
+    monkeypatch.setattr(sink, "_settle", settling)
+    monkeypatch.setattr(sink, "_write", writing)
+    messages = [
+        wire.Batch(1, wire.pack(metric_batch(0))),
+        wire.Batch(2, wire.pack([rec.Params("hparams", {"lr": 0.1})])),
+        wire.Get(3, "hparams"),
+    ]
+    serving, inbox, replies = serve_in_a_thread(sink, messages, gate)
+    try:
+        assert gate.waiting.wait(60) and reached.wait(60)
+    finally:
+        gate.release.set()
+    answers = [replies.get(timeout=60) for _ in messages]
+    assert [(type(m).__name__, m.seq) for m, _ in answers] == [("Ack", 1), ("Ack", 2), ("Reply", 3)]
+    assert answers[0][1] == [1] and answers[2][0].value == {"lr": 0.1}
+    assert written == [("Params", [1])]  # written once the numbers before it were committed
+    inbox.put(wire.Close(4, "finished"))
+    assert replies.get(timeout=60)[0] == wire.Closed(4, None)
+    serving.join(60)
+    assert read_run(repo_dir, sink.hash)["hparams"] == {"lr": 0.1}
+
+
+def test_a_commit_that_fails_on_a_full_disk_is_reported_with_its_own_batch(
+    repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from tracelet_callbacks.sink import wire
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    gate = CommitGate(monkeypatch, fail=2, error=full)
+    sink = pipelined_sink()
+    batches = [wire.Batch(seq, wire.pack(metric_batch(seq - 1))) for seq in (1, 2, 3, 4)]
+    with pytest.warns(TraceletWarning, match="is full.*training goes on"):
+        serving, inbox, replies = serve_in_a_thread(sink, batches, gate)
+        acks = [replies.get(timeout=60)[0] for _ in batches]
+    assert [ack.seq for ack in acks] == [1, 2, 3, 4]
+    # the failure rides on batch 2's acknowledgement, once: the batches after it are written
+    assert [(ack.failures, ack.error is None) for ack in acks] == [
+        (0, True),
+        (400, False),
+        (400, True),
+        (400, True),
+    ]
+    assert "is full" in str(acks[1].error) and "is full" in sink.last_error
+    assert gate.committed == [1, 3, 4]
+
+    inbox.put(wire.Close(5, "finished"))
+    closed, _ = replies.get(timeout=60)
+    assert closed.seq == 5  # a full disk leaves the run unclosed, as the warning said
+    assert replies.get(timeout=60) == ("served", True)
+    serving.join(60)
+    seen = read_from_another_process(repo_dir, sink.hash)["series"][_key("m0", {"subset": "train"})]
+    assert sorted(seen) == [*steps_of(0), *steps_of(2), *steps_of(3)]
+
+
+def test_a_runs_series_are_written_through_an_appending_memtable_and_read_back_whole(repo_dir: Path) -> None:
+    """The series database of a run this process writes takes a vector memtable (a put appends; the
+    flush sorts); its meta database, read while the run is written, keeps RocksDB's skip list."""
+    from conftest import series
+
+    exp = tracelet.Experiment(writer="sync", buffer_size=1000)
+    for step in range(3000):
+        exp.log_metric("train/loss", 1.0 / (step + 1), step)
+    exp.close()
+
+    def memtable(kind: str) -> str:
+        folder = repo_dir / ".aim" / kind / "chunks" / exp.hash
+        latest = max(folder.glob("OPTIONS-*"), key=lambda path: int(path.name.split("-")[1]))
+        (line,) = [line for line in latest.read_text().splitlines() if "memtable_factory=" in line]
+        return line.strip()
+
+    assert "VectorRepFactory" in memtable("seqs") and "SkipListFactory" in memtable("meta")
+    assert series(repo_dir, "loss", {"subset": "train"}, exp.hash) == {s: 1.0 / (s + 1) for s in range(3000)}

@@ -67,6 +67,11 @@ class AimSink(Sink):
         self._batcher: Any = None  # ScalarBatcher once the run is open; False when unavailable
         self._disk_full = False  # RocksDB then neither writes nor closes: closing is skipped
         self.last_error: str | None = None
+        #: Set by the writer process: a batch of scalars may still be committing when ``submit``
+        #: returns (see ``submit``); ``committing`` and ``settled`` tell when it is done.
+        self.pipelined = False
+        #: ``(failures, last_error)`` as they were when the last batch left committing settled.
+        self.settled: tuple[int, str | None] = (0, None)
         self.index_error: str | None = None
         self.status: str | None = None
         self._heartbeat = Heartbeat(self) if heartbeat else None
@@ -183,6 +188,9 @@ class AimSink(Sink):
     # -- writing ------------------------------------------------------------------------------------
 
     def submit(self, records: Iterable[rec.Record]) -> None:
+        """Write ``records``. With ``pipelined``, a batch of plain numbers may still be committing on
+        return (``committing``); the batch before it has settled either way, before this call writes
+        anything else or returns (``settled`` then holds the failures as they were right after)."""
         with self._lock:
             if self._closed:
                 self._dropped_after_close()
@@ -190,8 +198,10 @@ class AimSink(Sink):
             run = self.run
             records = list(records)
             if set(map(type, records)) == {rec.Scalar} and set(map(type, map(_value, records))) == {float}:
-                self._write_scalars(run, records)  # the common batch: plain numbers only
+                # the common batch: plain numbers only, the one that may still be committing on return
+                self._write_scalars(run, records, wait=not self.pipelined)
                 return
+            self._settle()  # anything but numbers sees the scalars before it stored
             scalars: list[rec.Scalar] = []
             for record in records:
                 if type(record) is rec.Scalar:
@@ -217,20 +227,24 @@ class AimSink(Sink):
             if scalars:
                 self._write_scalars(run, scalars)
 
-    def _write_scalars(self, run: Any, scalars: list[rec.Scalar]) -> None:
+    def _write_scalars(self, run: Any, scalars: list[rec.Scalar], wait: bool = True) -> None:
         if self._batcher is None and ScalarBatcher.available(run):
-            self._batcher = ScalarBatcher(run)
+            self._batcher = ScalarBatcher(run, settled=self._scalars_settled)
         if self._batcher:
             try:
-                self._batcher.write(scalars)
+                self._batcher.write(scalars, wait=wait)
                 return
-            except Exception as exc:
+            except Exception as exc:  # raised before the batch's commit (a commit's own is settled)
+                if isinstance(exc, Warning):
+                    raise  # our own failure warning, which the caller's filters made an error
+                self._batcher.settle()  # the batch before it, in order
                 if is_disk_full(exc):
                     for record in scalars:
                         self._report_failure(record, exc)
                     return
                 # a different aim: say so once, then write value by value
                 log.warning("tracelet: batched writing is unavailable (%r); using Run.track", exc)
+                self._batcher.close()
                 self._batcher = False
         for record in scalars:
             try:
@@ -238,9 +252,27 @@ class AimSink(Sink):
             except Exception as exc:
                 self._report_failure(record, exc)
 
+    def _scalars_settled(self, scalars: Any, exc: BaseException | None) -> None:
+        """A batch of scalars is committed, or its commit failed (each of its values counts)."""
+        if exc is not None:
+            for record in scalars:
+                self._report_failure(record, exc)  # type: ignore[arg-type]
+        self.settled = (self._failures, self.last_error)
+
+    @property
+    def committing(self) -> bool:
+        """Whether the last batch of scalars may still be committing (only with ``pipelined``)."""
+        return bool(self._batcher) and self._batcher.committing
+
+    def _settle(self) -> None:
+        """Wait for the batch of scalars still committing; its failures are counted and reported."""
+        if self._batcher:
+            self._batcher.settle()
+
     def get(self, key: str) -> Any:
         """``run[key]`` as stored (``KeyError`` when absent)."""
         with self._lock:
+            self._settle()
             return self.run[key]
 
     def _report_failure(self, record: rec.Record, exc: Exception) -> None:
@@ -365,8 +397,10 @@ class AimSink(Sink):
     def flush(self) -> None:
         """Everything submitted so far is on disk (or applied by the server)."""
         with self._lock:
-            # Locally this sink writes as it goes. aim's client queues a server's writes and sends
-            # them from a thread: wait until that queue is empty (what aim's own Run.close does).
+            # Locally this sink writes as it goes, but for a batch that may still be committing
+            # (pipelined). aim's client queues a server's writes and sends them from a thread: wait
+            # until that queue is empty (what aim's own Run.close does).
+            self._settle()
             run = self._run
             if run is not None and not self._closed and run.repo.is_remote_repo:
                 run.repo._client.get_queue().wait_for_finish()
@@ -381,6 +415,11 @@ class AimSink(Sink):
                 return
             self._closed = True
             self.status = status
+            if self._batcher:
+                try:
+                    self._batcher.close()  # the last commit settles (a full disk shows here); its thread ends
+                except Exception as exc:  # counted already: the run is closed all the same
+                    log.error("tracelet: the last values of run %s: %r", self._hash, exc)
             run, self._run = self._run, None
             if run is None:
                 return

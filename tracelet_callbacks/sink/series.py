@@ -8,6 +8,11 @@ commits it once (on a server: one ``update`` request per array of a series), the
 series' meta keys once per batch. The result is the same storage layout ``Run.track`` produces, so
 aim's UI, ``query_metrics`` and ``Run.get_metric`` read it unchanged.
 
+RocksDB's ``db.write`` of a batch was about half of the writer's time, and aimrocks releases the GIL
+while it runs: the writer process commits a batch on a thread of its own while its main thread reads
+and prepares the next (``write(..., wait=False)``); commits stay one at a time and in order. A run's
+series database gets a memtable that appends instead of sorting on every put (``roomier_storage``).
+
 aim 3.29 has no public call for this. It relies on (all pinned by ``aim<4`` and by
 tests/test_writer.py, which reads every value back through aim's public API):
 
@@ -18,6 +23,8 @@ tests/test_writer.py, which reads every value back through aim's public API):
 * the prefix views over each run's RocksDB container (``prefix`` / ``parent``), and
   ``aim.storage.encoding.encode_path`` / ``encode`` for keys and values (a number is a leaf, so its
   tree encoding is its value encoding at the array index);
+* ``aimrocks.Options`` / ``aimrocks.DB`` looked up when a run opens its databases, and
+  ``aimrocks.VectorMemtableFactory``;
 * on a server, ``update(path, [(key, value), ...])`` of aim's tree proxies, which the server applies
   key by key (pinned by tests/test_remote.py against ``Run.track`` on a live ``aim server``).
 
@@ -29,9 +36,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
+import os
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 from ..core import records as rec
 
@@ -44,19 +54,30 @@ SERIES_WRITE_BUFFERS = 2
 
 @contextlib.contextmanager
 def roomier_storage() -> Iterator[None]:
-    """While a run is being created, its databases get room to write.
+    """While a run is being created, its databases get room to write, and its series a memtable made
+    for writing.
 
     aim opens every run's RocksDB with one 1 MB write buffer, so a run written at full speed flushes
     a small file every few thousand values and RocksDB spends most of the writer's time compacting
     them, throttling writes as they pile up (an import of a million values stalled 230 times). Two
     16 MB buffers keep the files few; memtables grow with what is written, so a small run stays small.
+
+    RocksDB's default memtable is a skip list: each of the four keys a value takes is put in order
+    as it arrives (about 1.4 µs a key here, most of ``db.write``). The series database gets a vector
+    memtable instead: a put appends, and the flush sorts once. That costs reads of the memtable a sort
+    each, so it suits a database this process only writes: nothing reads a run's series while it is
+    written but ``rewind`` (a resumed run's first record, when RocksDB has flushed what it recovered)
+    and other processes, which read the files. The meta database, read while writing, keeps its skip
+    list.
+
     aim has no setting for this: ``aim.Run`` opens the run's databases while it is made, through
-    ``aimrocks.Options(**options)``, which this wraps for that moment only (aim 3.29, pinned by
-    ``aim<4``; options other than aim's 1 MB ones pass unchanged).
+    ``aimrocks.DB(path, aimrocks.Options(**options))``, which this wraps for that moment only (aim
+    3.29, pinned by ``aim<4``; options other than aim's 1 MB ones pass unchanged).
     """
     import aimrocks
 
-    original = aimrocks.Options
+    original_options, original_db = aimrocks.Options, aimrocks.DB
+    vector = getattr(aimrocks, "VectorMemtableFactory", None)  # an aimrocks without it: skip lists
 
     def options(**settings: Any) -> Any:
         if settings.get("write_buffer_size") == 1024 * 1024 and settings.get("max_write_buffer_number") == 1:
@@ -65,13 +86,25 @@ def roomier_storage() -> Iterator[None]:
                 max_write_buffer_number=SERIES_WRITE_BUFFERS,
                 db_write_buffer_size=SERIES_WRITE_BUFFER * SERIES_WRITE_BUFFERS,
             )
-        return original(**settings)
+        return original_options(**settings)
 
-    aimrocks.Options = options
+    def database(path: str, settings: Any, *args: Any, read_only: bool = False, **kwargs: Any) -> Any:
+        where = os.path.normpath(str(path)).split(os.sep)
+        if (
+            vector is not None
+            and not read_only
+            and where[-3:-1] == ["seqs", "chunks"]
+            and settings.write_buffer_size == SERIES_WRITE_BUFFER
+        ):
+            settings.memtable_factory = vector()
+            settings.allow_concurrent_memtable_write = False  # a vector takes one writer at a time
+        return original_db(path, settings, *args, read_only=read_only, **kwargs)
+
+    aimrocks.Options, aimrocks.DB = options, database
     try:
         yield
     finally:
-        aimrocks.Options = original
+        aimrocks.Options, aimrocks.DB = original_options, original_db
 
 
 @contextlib.contextmanager
@@ -93,13 +126,27 @@ def new_run_with_hash(run_hash: str) -> Iterator[None]:
 
 
 class ScalarBatcher:
-    """Writes many :class:`~tracelet_callbacks.core.records.Scalar` records to one local run at once.
+    """Writes many :class:`~tracelet_callbacks.core.records.Scalar` records to one run at once.
+
+    Locally a batch can be committed while the caller prepares the next one: ``write(scalars,
+    wait=False)`` hands the batch's RocksDB ``db.write`` (which releases the GIL) to the batcher's own
+    committer thread and returns. Batches still commit one at a time, in the order written: every
+    ``write`` waits for the commit before it (then writes that batch's meta keys) before its own
+    commit starts, and ``settle()`` waits for the last one. A batch with a series or context this run
+    has not seen yet waits for the commit before it first, since aim's own bookkeeping for those
+    writes meta keys at once. A remote run always writes synchronously.
 
     Args:
         run: an open, writable ``aim.Run``, local or remote.
+        settled: called with each batch's scalars once its commit and meta keys are written, with the
+            exception that stopped them (``None`` when all went well). Without it that exception is
+            raised by the call that settles the batch.
+
+    For example ``ScalarBatcher(run, settled=report).write(scalars, wait=False)``, then ``settle()``:
+    the batch is on disk, or ``report`` has it with its error.
     """
 
-    def __init__(self, run: Any) -> None:
+    def __init__(self, run: Any, settled: Settled | None = None) -> None:
         from aim.storage import encoding
         from aim.storage.context import Context
 
@@ -112,6 +159,9 @@ class ScalarBatcher:
         self._context_cls = Context
         # context dicts are hashed by aim on every Run.track; do it once per distinct context
         self._contexts: dict[tuple, Any] = {}
+        self._settled = settled
+        self._committer: ThreadPoolExecutor | None = None  # started by the first write(wait=False)
+        self._pending: _Pending | None = None  # the batch whose commit may still be running
 
     @staticmethod
     def available(run: Any) -> bool:
@@ -124,6 +174,11 @@ class ScalarBatcher:
             and hasattr(run.repo, "is_remote_repo")
         )
 
+    @property
+    def committing(self) -> bool:
+        """Whether a batch was written with ``wait=False`` and not settled since."""
+        return self._pending is not None
+
     def _context(self, context: dict) -> Any:
         key = tuple(sorted(context.items()))
         found = self._contexts.get(key)
@@ -131,8 +186,12 @@ class ScalarBatcher:
             found = self._contexts[key] = self._context_cls(context)
         return found
 
-    def write(self, scalars: Sequence[rec.Scalar]) -> None:
-        """Write ``scalars`` (in order; a later point at the same step wins, as with ``Run.track``)."""
+    def write(self, scalars: Sequence[rec.Scalar], *, wait: bool = True) -> None:
+        """Write ``scalars`` (in order; a later point at the same step wins, as with ``Run.track``).
+
+        With ``wait=False`` a local batch may still be committing on return (see the class). Either
+        way the batch written before is settled first, even when this one's commit does not start.
+        """
         groups: dict[tuple[str, tuple], list[rec.Scalar]] = {}
         # records of one tag share one context dict (one per batch once unpickled): sort each once
         contexts: dict[int, tuple] = {}
@@ -149,6 +208,8 @@ class ScalarBatcher:
                 group.append(record)
 
         tracker = self._tracker
+        if self._pending is not None and not self._known(groups):
+            self.settle()  # aim's bookkeeping of a new series writes meta keys now: after the last batch
         batch = owner = None
         meta_updates: list[tuple[tuple, float]] = []
         # a step's key is the same in every series of the batch (8 metrics a step: 1 encoding, not 8)
@@ -183,28 +244,78 @@ class ScalarBatcher:
             for view, column in zip(views, columns, strict=True):
                 prefix = _flatten(view.tree.container)[1]
                 collections.deque(map(put, map(prefix.__add__, keys), map(encode, column)), maxlen=0)
-        if batch is not None:
-            owner.commit(batch)
-        # the points first, then the meta keys that point at them
-        for key, value in meta_updates:
-            self._meta[key] = value
+        try:
+            self.settle()  # the batch before: its commit, then its meta keys, before this one's
+        finally:
+            if batch is not None and not wait:
+                if self._committer is None:
+                    self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracelet-commit")
+                future = self._committer.submit(owner.commit, batch)
+                self._pending = _Pending(future.result, meta_updates, scalars)
+            else:
+                commit = functools.partial(owner.commit, batch) if batch is not None else _nothing
+                self._pending = _Pending(commit, meta_updates, scalars)
+                self.settle()
+
+    def settle(self) -> None:
+        """Wait until the last batch written is committed, then write its meta keys (the points
+        first, then the meta keys that point at them). A failure goes to ``settled``."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            pending.commit()
+            for key, value in pending.meta_updates:
+                self._meta[key] = value
+        except Exception as exc:
+            if self._settled is None:
+                raise
+            self._settled(pending.scalars, exc)
+            return
+        if self._settled is not None:
+            self._settled(pending.scalars, None)
+
+    def close(self) -> None:
+        """Settle the last batch and end the committer thread. The batcher can write again later."""
+        try:
+            self.settle()
+        finally:
+            committer, self._committer = self._committer, None
+            if committer is not None:
+                committer.shutdown(wait=True)
+
+    def _known(self, groups: dict[tuple[str, tuple], list[rec.Scalar]]) -> bool:
+        """Whether every series of a batch (and its context) was written before, as floats, so that
+        writing it touches no storage until its commit (aim's own bookkeeping does otherwise)."""
+        tracker = self._tracker
+        for (name, _), points in groups.items():
+            ctx = self._context(points[0].context)
+            info = tracker.sequence_infos.get((ctx.idx, name))
+            if ctx not in tracker.contexts or info is None or not _plain_series(info):
+                return False
+        return True
 
     def _points(
         self, info: Any, ctx_idx: int, name: str, points: list[rec.Scalar]
     ) -> tuple[list[Any], list[int], list[list], list[tuple[tuple, float]]]:
         """The series' array views, its steps, one column of values per view (in view order) and
-        its meta keys."""
+        the meta keys to write once the points are committed."""
         views = (info.val_view, info.step_view, info.epoch_view, info.time_view)
         views = [view for view in views if view is not None]  # (an array view with no items is falsy)
         has_step = info.step_view is not None
-        # the first point goes through aim's own bookkeeping (dtype, first value, meta keys)
-        step = points[0].step if points[0].step is not None else info.count
-        self._tracker._update_sequence_info(ctx_idx, name, points[0].value, step)
+        steps: list[int] = []
+        rest = points
+        if not _plain_series(info):
+            # a new series (or another dtype) goes through aim's own bookkeeping: dtype, first value,
+            # the meta keys, written now
+            step = points[0].step if points[0].step is not None else info.count
+            self._tracker._update_sequence_info(ctx_idx, name, points[0].value, step)
+            steps.append(step)
+            rest = points[1:]
+        # the rest as Run.track would, in memory: its meta keys are written once, after the commit
         last_value = None
-        moved = False  # whether max / min changed after the first point (NaN never moves them)
-        now = time.time()
-        steps = [step]
-        for point in points[1:]:
+        moved = False  # whether max / min changed (NaN never moves them)
+        for point in rest:
             value = point.value
             step = point.step if point.step is not None else info.count
             if step >= info.count:  # the same rule Run.track uses for "last"
@@ -217,20 +328,40 @@ class ScalarBatcher:
                 info.min = value
                 moved = True
             steps.append(step)
+        now = time.time()
         values = [point.value for point in points]
         epochs = [point.epoch for point in points]
         stamps = [point.timestamp if point.timestamp is not None else now for point in points]
         columns = [values, steps, epochs, stamps] if has_step else [values, epochs, stamps]
-        if len(points) == 1:
-            return views, steps, columns, []
-        # the meta keys Run.track rewrites for every value, written once per batch
         trace = ("traces", ctx_idx, name)
-        updates: list[tuple[tuple, float]] = [((*trace, "last_step"), info.count - 1)]
+        updates: list[tuple[tuple, float]] = []
+        if last_value is not None:
+            updates += [((*trace, "last_step"), info.count - 1), ((*trace, "last"), last_value)]
         if moved:
             updates += [((*trace, "max"), info.max), ((*trace, "min"), info.min)]
-        if last_value is not None:
-            updates.append(((*trace, "last"), last_value))
         return views, steps, columns, updates
+
+
+class _Pending(NamedTuple):
+    """A written batch not settled yet: what waits for its commit, its meta keys, its scalars."""
+
+    commit: Callable[[], Any]
+    meta_updates: list[tuple[tuple, float]]
+    scalars: Sequence[rec.Scalar]
+
+
+#: ``settled(scalars, error)``: a batch is committed (``error`` is ``None``) or failed.
+Settled = Callable[[Sequence[rec.Scalar], "BaseException | None"], None]
+
+
+def _nothing() -> None:
+    return None
+
+
+def _plain_series(info: Any) -> bool:
+    """Whether a series has points and holds floats: aim's ``_update_sequence_info`` then only moves
+    ``last`` / ``last_step`` / ``max`` / ``min``, which ``_points`` does in memory."""
+    return info.initialized and info.count and info.dtype == "float"
 
 
 def _flatten(container: Any) -> tuple[Any, bytes]:
