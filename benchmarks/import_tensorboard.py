@@ -187,7 +187,7 @@ def verify(repo: str, run_hash: str, values: int) -> tuple[int, int]:
     import numpy as np
     from aim.sdk.types import QueryReportMode
 
-    from tracelet_callbacks.sink.run import index_run
+    from tracelet_callbacks.sink.storage import index_run
 
     index_run(aim.Repo.from_path(repo), run_hash)  # aim's own runs are queryable once indexed
     found = wrong = 0

@@ -84,7 +84,7 @@ def log_with_tracelet(
 def count(repo: str, run_hash: str) -> int:
     import aim
 
-    from tracelet_callbacks.sink.run import index_run
+    from tracelet_callbacks.sink.storage import index_run
 
     error = index_run(aim.Repo.from_path(repo), run_hash)  # aim's own runs wait for `aim up`
     if error:

@@ -127,7 +127,7 @@ def test_batched_ingestion_on_a_server_equals_run_track(repo_dir: Path, aim_serv
     import aim
 
     from test_writer import _key, expected_series, indexed_series, same, trace_meta, workload
-    from tracelet_callbacks.sink.run import index_run
+    from tracelet_callbacks.sink.storage import index_run
 
     uri, folder = aim_server
     events = workload(300)

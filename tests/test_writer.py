@@ -914,7 +914,9 @@ def test_anything_but_numbers_waits_for_the_commit_before_it(
     sink = pipelined_sink()
     reached = threading.Event()  # the writer is about to write the params, or to wait before it
     written: list[tuple[str, list[int]]] = []
-    settle, write = sink._settle, sink._write
+    from tracelet_callbacks.sink import run as run_module
+
+    settle, write = sink._settle, run_module.write_record
 
     def settling() -> None:
         reached.set()
@@ -926,7 +928,7 @@ def test_anything_but_numbers_waits_for_the_commit_before_it(
         write(run, record)
 
     monkeypatch.setattr(sink, "_settle", settling)
-    monkeypatch.setattr(sink, "_write", writing)
+    monkeypatch.setattr(run_module, "write_record", writing)
     messages = [
         wire.Batch(1, wire.pack(metric_batch(0))),
         wire.Batch(2, wire.pack([rec.Params("hparams", {"lr": 0.1})])),

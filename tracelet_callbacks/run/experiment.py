@@ -473,6 +473,6 @@ def swap_active(experiment: Experiment | None) -> Experiment | None:
 def find_run(config: TraceletConfig, path: tuple[str, ...], value: Any) -> str | None:
     """The hash of a run in ``config``'s repo or server whose param at ``path`` is ``value`` (the run an
     earlier import made for a folder, say); ``None`` when there is none."""
-    from ..sink.run import find_run as find_in_repo  # imports aim
+    from ..sink.storage import find_run as find_in_repo  # imports aim
 
     return find_in_repo(config, path, value)

@@ -12,7 +12,6 @@ import gc
 import logging
 import operator
 import os
-import shutil
 import threading
 import warnings
 from collections.abc import Iterable
@@ -26,6 +25,8 @@ from .environment import environment_params
 from .heartbeat import BOOKKEEPING, Heartbeat
 from .repo import check_server, make_repo
 from .series import ScalarBatcher, new_run_with_hash, roomier_storage
+from .storage import abandon_storage, index_run, release_storage
+from .track import write_record
 from .watchdog import is_disk_full
 
 __all__ = ["AimSink", "index_run"]
@@ -217,7 +218,10 @@ class AimSink(Sink):
                     self._write_scalars(run, scalars)
                     scalars = []
                 try:
-                    self._write(run, record)
+                    if type(record) is rec.Resumed:
+                        self._resumed(run, record)
+                    else:
+                        write_record(run, record)
                 except Exception as exc:
                     if isinstance(record, rec.Artifact):  # an explicit call: answer it, not the log
                         raise TraceletError(
@@ -248,7 +252,7 @@ class AimSink(Sink):
                 self._batcher = False
         for record in scalars:
             try:
-                self._write(run, record)
+                write_record(run, record)
             except Exception as exc:
                 self._report_failure(record, exc)
 
@@ -297,53 +301,6 @@ class AimSink(Sink):
                 stacklevel=4,
             )
 
-    def _write(self, run: Any, record: rec.Record) -> None:
-        import aim
-
-        if isinstance(record, rec.Scalar):
-            run.track(
-                record.value, name=record.name, step=record.step, epoch=record.epoch, context=record.context
-            )
-        elif isinstance(record, rec.Histogram):
-            self._track_at(run, aim.Distribution(hist=record.counts, bin_range=record.bin_range), record)
-        elif isinstance(record, rec.Images):
-            pictures = [_aim_image(image) for image in record.images]
-            self._track_at(run, pictures[0] if len(pictures) == 1 else pictures, record)
-        elif isinstance(record, rec.Text):
-            self._track_at(run, aim.Text(record.text), record)
-        elif isinstance(record, rec.LogLine):
-            from aim.ext.resource.log import LogLine
-
-            self._track_at(run, LogLine(record.text), record, name="logs")
-        elif isinstance(record, rec.Audio):
-            clip = aim.Audio(record.wav, format="wav", rate=record.sample_rate, caption=record.caption)
-            self._track_at(run, clip, record)
-        elif isinstance(record, rec.Native):
-            self._track_at(run, record.value, record)
-        elif isinstance(record, rec.Params):
-            current = run.get(record.key) if record.merge else None
-            run[record.key] = (
-                _deep_merge(current, record.values) if isinstance(current, dict) else record.values
-            )
-        elif isinstance(record, rec.Tags):
-            for tag in record.add:
-                run.add_tag(tag)
-            for tag in record.remove:
-                run.remove_tag(tag)
-        elif isinstance(record, rec.RunInfo):
-            if record.name is not None:
-                run.name = record.name
-            if record.experiment is not None:
-                run.experiment = record.experiment
-            if record.description is not None:
-                run.description = record.description
-        elif isinstance(record, rec.Artifact):
-            self._store_artifact(run, record)
-        elif isinstance(record, rec.Resumed):
-            self._resumed(run, record)
-        else:
-            raise TypeError(f"unknown record type {type(record).__name__}")
-
     def _resumed(self, run: Any, record: rec.Resumed) -> None:
         from .rewind import rewind
 
@@ -358,39 +315,6 @@ class AimSink(Sink):
             )
         else:
             log.info("tracelet: continuing run %s from step %s", run.hash, record.step)
-
-    @staticmethod
-    def _track_at(run: Any, value: Any, record: Any, name: str | None = None) -> None:
-        """``run.track`` at the time the value was logged, not the time it is written (the writer may
-        write it seconds later; an imported event keeps its own wall time)."""
-        tracker = getattr(run, "_tracker", None)
-        where = {"name": name or record.name, "step": record.step, "epoch": record.epoch}
-        if tracker is not None and hasattr(tracker, "_track"):  # aim 3.x: pinned by aim<4
-            tracker._track(value, record.timestamp, context=record.context, **where)
-        else:
-            run.track(value, context=record.context, **where)
-
-    def _store_artifact(self, run: Any, record: rec.Artifact) -> None:
-        uri = run.artifacts_uri or ""
-        if uri.startswith("file://") and record.size is not None:
-            # copied here, as many bytes as the file had when it was logged (aim's copy reads to the
-            # end of a file that may still be growing), then entered as aim's log_artifact does
-            from aim.sdk.objects.artifact import Artifact
-
-            stored = os.path.join(uri[len("file://") :], record.name)
-            os.makedirs(os.path.dirname(stored), exist_ok=True)
-            copy_start(record.path, stored, record.size)
-            run.meta_run_tree.subtree("artifacts")[record.name] = Artifact(
-                record.path, uri=uri, name=record.name
-            )
-            return
-        # aim's log_artifact is wrapped in its "noexcept" guard, which only logs in safe mode: block,
-        # then check that the copy landed where a file:// store keeps it.
-        run.log_artifact(record.path, name=record.name, block=True)
-        if uri.startswith("file://"):
-            stored = os.path.join(uri[len("file://") :], record.name)
-            if not os.path.isfile(stored):
-                raise TraceletError(f"tracelet: artifact {record.name!r} was not stored at {stored}")
 
     # -- durability ---------------------------------------------------------------------------------
 
@@ -467,130 +391,3 @@ class AimSink(Sink):
                 self.index_error = f"run {run.hash} could not be indexed: {exc!r}"
             if self.index_error:
                 warnings.warn(f"tracelet: {self.index_error}", TraceletWarning, stacklevel=3)
-
-
-def copy_start(source: str, target: str, size: int) -> None:
-    """Copy the first ``size`` bytes of ``source`` (all of it, if it has shrunk since) to ``target``."""
-    left = size
-    with open(source, "rb") as reading, open(target, "wb") as writing:
-        while left > 0 and (chunk := reading.read(min(left, 1 << 20))):
-            writing.write(chunk)
-            left -= len(chunk)
-    shutil.copymode(source, target)
-
-
-def _aim_image(image: rec.ImageData) -> Any:
-    import aim
-    from PIL import Image as PILImage
-
-    return aim.Image(PILImage.fromarray(image.pixels), caption=image.caption)
-
-
-def _deep_merge(old: dict, new: Any) -> Any:
-    if not isinstance(new, dict):
-        return new
-    merged = dict(old)
-    for key, value in new.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(merged.get(key), dict) else value
-    return merged
-
-
-def release_storage(repo: Any, run_hash: str) -> None:
-    """Close a closed run's own databases now, so another process can resume it at once.
-
-    ``Run.close`` leaves them to the garbage collector (aim's handles sit in reference cycles); until
-    then their RocksDB locks stay held. The writer process outlives the run (it waits for the
-    trainer's next one), so it must not wait for a collection. Local repos only: a server holds its
-    own handles. Relies on ``Repo.container_pool`` (pinned by ``aim<4`` and by the resume tests).
-    """
-    if repo.is_remote_repo:
-        return
-    for config, container in list(repo.container_pool.items()):
-        if config.sub == run_hash:
-            try:
-                container.close()
-            except Exception as exc:  # its files are gone (the repo was deleted): let it go unclosed
-                log.warning("tracelet: could not close the storage of run %s: %r", run_hash, exc)
-                _unregister(container)
-
-
-def abandon_storage(run: Any) -> None:
-    """Let a run and its databases go without closing them. At exit aim closes what is left: it
-    writes the run's end time and flushes each database, which on a full disk fails or waits forever
-    (and a failure there leaves aim's exit handler waiting forever too). Relies on aim's
-    ``AutoClean.finalizer`` of the run and of its containers (pinned by ``aim<4``)."""
-    holders = [run]
-    if not run.repo.is_remote_repo:
-        holders += [c for config, c in list(run.repo.container_pool.items()) if config.sub == run.hash]
-    for holder in holders:
-        _unregister(holder)
-
-
-def _unregister(holder: Any) -> None:
-    """Take ``holder`` (an ``aim.Run`` or a storage container) off aim's close-at-exit list."""
-    finalizer = getattr(getattr(holder, "_resources", None), "finalizer", None)
-    if finalizer is not None:
-        finalizer.detach()
-
-
-def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
-    """Make a closed run visible to ``Repo.iter_runs()`` / ``query_*`` now; the error text if it could not.
-
-    aim shows only indexed runs, and only ``aim up`` indexes (``aim server`` never does), so without
-    this a user's first query after training finds nothing. aim 3.29 has no public call that reports
-    failure (``RepoIndexManager.index`` logs and returns), so this merges the run's meta chunk into the
-    index itself, through ``Repo._get_index_tree`` (pinned by ``aim<4`` and by the tests), locally or
-    on a server through aim's proxies. The index is one RocksDB that one process at a time may open
-    for writing (``aim up`` indexing, another run closing): a lock is retried for a while.
-    """
-    import time
-
-    last: Exception | None = None
-    remote = repo.is_remote_repo
-    for _ in range(attempts):
-        containers: list[Any] = []
-        try:
-            if remote:
-                index = repo._get_index_tree("meta", 0).view(())
-                chunk = repo.request_tree("meta", run_hash, read_only=True)
-                # a server merges into what its index held: a series a resume rewound away would stay
-                del index[("meta", "chunks", run_hash)]
-            else:
-                containers = [repo._get_index_container("meta", 0)]
-                containers.append(repo.request_container("meta", run_hash, read_only=True))
-                index, chunk = containers[0].tree().view(()), containers[1].tree()
-            chunk.subtree(("meta", "chunks", run_hash)).finalize(index=index)
-            return None
-        except Exception as exc:
-            last = exc
-            if "lock" not in str(exc).lower():
-                break  # not another process holding the index (its files are gone ...): no retry
-            time.sleep(0.25)
-        finally:
-            index = chunk = None
-            if not remote:
-                # a local index holds its database's lock until closed: close both now (a full
-                # garbage collection to free them would cost the trainer ~70 ms at every close)
-                for container in containers:
-                    container.close()
-            else:
-                gc.collect()  # a held server-side handle shows readers old data: drop it now
-    return f"run {run_hash} is saved but could not be indexed ({last}); `aim up` will index it"
-
-
-def find_run(config: TraceletConfig, path: tuple[str, ...], value: Any) -> str | None:
-    """The hash of a closed (indexed) run whose param at ``path`` equals ``value``, or ``None``."""
-    if not config.remote_uri and not os.path.isdir(os.path.join(config.repo_path, ".aim")):
-        return None  # no repo yet: no run, and no aim import in this process
-    from aim import Repo
-
-    if config.remote_uri:
-        check_server(config.remote_uri)
-    repo = Repo.from_path(config.remote_uri or config.repo_path)
-    for run in repo.iter_runs():
-        found: Any = run.get(path[0])
-        for key in path[1:]:
-            found = found.get(key) if isinstance(found, dict) else None
-        if found == value:
-            return run.hash
-    return None

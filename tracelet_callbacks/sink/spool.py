@@ -121,7 +121,7 @@ def copy_run(
     import aim
 
     from .rewind import rewind
-    from .run import index_run, release_storage
+    from .storage import index_run, release_storage
 
     spooled = aim.Run(run_hash, repo=source, read_only=True)
     run = open_run(target, run_hash, spooled.experiment)

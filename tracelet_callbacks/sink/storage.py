@@ -1,0 +1,118 @@
+"""A closed run's storage: its databases released or abandoned, the run indexed so aim's queries see
+it, and a closed run found by one of its params.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from typing import Any
+
+from ..config import TraceletConfig
+from .repo import check_server
+
+__all__ = ["abandon_storage", "find_run", "index_run", "release_storage"]
+
+log = logging.getLogger("tracelet_callbacks")
+
+
+def release_storage(repo: Any, run_hash: str) -> None:
+    """Close a closed run's own databases now, so another process can resume it at once.
+
+    ``Run.close`` leaves them to the garbage collector (aim's handles sit in reference cycles); until
+    then their RocksDB locks stay held. The writer process outlives the run (it waits for the
+    trainer's next one), so it must not wait for a collection. Local repos only: a server holds its
+    own handles. Relies on ``Repo.container_pool`` (pinned by ``aim<4`` and by the resume tests).
+    """
+    if repo.is_remote_repo:
+        return
+    for config, container in list(repo.container_pool.items()):
+        if config.sub == run_hash:
+            try:
+                container.close()
+            except Exception as exc:  # its files are gone (the repo was deleted): let it go unclosed
+                log.warning("tracelet: could not close the storage of run %s: %r", run_hash, exc)
+                _unregister(container)
+
+
+def abandon_storage(run: Any) -> None:
+    """Let a run and its databases go without closing them. At exit aim closes what is left: it
+    writes the run's end time and flushes each database, which on a full disk fails or waits forever
+    (and a failure there leaves aim's exit handler waiting forever too). Relies on aim's
+    ``AutoClean.finalizer`` of the run and of its containers (pinned by ``aim<4``)."""
+    holders = [run]
+    if not run.repo.is_remote_repo:
+        holders += [c for config, c in list(run.repo.container_pool.items()) if config.sub == run.hash]
+    for holder in holders:
+        _unregister(holder)
+
+
+def _unregister(holder: Any) -> None:
+    """Take ``holder`` (an ``aim.Run`` or a storage container) off aim's close-at-exit list."""
+    finalizer = getattr(getattr(holder, "_resources", None), "finalizer", None)
+    if finalizer is not None:
+        finalizer.detach()
+
+
+def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
+    """Make a closed run visible to ``Repo.iter_runs()`` / ``query_*`` now; the error text if it could not.
+
+    aim shows only indexed runs, and only ``aim up`` indexes (``aim server`` never does), so without
+    this a user's first query after training finds nothing. aim 3.29 has no public call that reports
+    failure (``RepoIndexManager.index`` logs and returns), so this merges the run's meta chunk into the
+    index itself, through ``Repo._get_index_tree`` (pinned by ``aim<4`` and by the tests), locally or
+    on a server through aim's proxies. The index is one RocksDB that one process at a time may open
+    for writing (``aim up`` indexing, another run closing): a lock is retried for a while.
+    """
+    import time
+
+    last: Exception | None = None
+    remote = repo.is_remote_repo
+    for _ in range(attempts):
+        containers: list[Any] = []
+        try:
+            if remote:
+                index = repo._get_index_tree("meta", 0).view(())
+                chunk = repo.request_tree("meta", run_hash, read_only=True)
+                # a server merges into what its index held: a series a resume rewound away would stay
+                del index[("meta", "chunks", run_hash)]
+            else:
+                containers = [repo._get_index_container("meta", 0)]
+                containers.append(repo.request_container("meta", run_hash, read_only=True))
+                index, chunk = containers[0].tree().view(()), containers[1].tree()
+            chunk.subtree(("meta", "chunks", run_hash)).finalize(index=index)
+            return None
+        except Exception as exc:
+            last = exc
+            if "lock" not in str(exc).lower():
+                break  # not another process holding the index (its files are gone ...): no retry
+            time.sleep(0.25)
+        finally:
+            index = chunk = None
+            if not remote:
+                # a local index holds its database's lock until closed: close both now (a full
+                # garbage collection to free them would cost the trainer ~70 ms at every close)
+                for container in containers:
+                    container.close()
+            else:
+                gc.collect()  # a held server-side handle shows readers old data: drop it now
+    return f"run {run_hash} is saved but could not be indexed ({last}); `aim up` will index it"
+
+
+def find_run(config: TraceletConfig, path: tuple[str, ...], value: Any) -> str | None:
+    """The hash of a closed (indexed) run whose param at ``path`` equals ``value``, or ``None``."""
+    if not config.remote_uri and not os.path.isdir(os.path.join(config.repo_path, ".aim")):
+        return None  # no repo yet: no run, and no aim import in this process
+    from aim import Repo
+
+    if config.remote_uri:
+        check_server(config.remote_uri)
+    repo = Repo.from_path(config.remote_uri or config.repo_path)
+    for run in repo.iter_runs():
+        found: Any = run.get(path[0])
+        for key in path[1:]:
+            found = found.get(key) if isinstance(found, dict) else None
+        if found == value:
+            return run.hash
+    return None
