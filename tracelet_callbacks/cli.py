@@ -1,7 +1,9 @@
 """The command line: ``python -m tracelet_callbacks COMMAND`` and the ``tracelet-callbacks`` script.
 
 Built on ``click`` (it comes with aim). Each command exits 0 only when it did everything it was
-asked; 1 when it did part (a damaged file was imported up to the damage, say); 2 for a usage error.
+asked; 1 when it did part (a damaged file was imported up to the damage, say) or failed (a broken repo,
+a server that is not there), with one ``error: ...`` line; 2 for a usage error, before anything is
+opened. A failure is never a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 import os
 import sys
 import warnings
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -48,6 +50,20 @@ def _routing(value: str | None) -> Any:
     return {tag: tuple(route) if isinstance(route, list) else route for tag, route in table.items()}
 
 
+def _fail(problem: Exception | str) -> NoReturn:
+    """End the command with one ``error: ...`` line and status 1 (a failure, not a usage error)."""
+    click.echo(f"error: {str(problem).removeprefix('tracelet: ')}", err=True)
+    sys.exit(1)
+
+
+def _interval(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    """``--interval``: checked at once (``time.sleep`` would refuse -1 or NaN only after a first pass
+    had opened and written the runs)."""
+    if not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value!r} is not a positive, finite number of seconds")
+    return value
+
+
 def _say_warnings() -> None:
     """Warnings as one plain line each (``warning: ...``), not with our source line."""
 
@@ -70,7 +86,13 @@ def _say_warnings() -> None:
 @click.option("--experiment", "experiment_name", default=None, help="AIM experiment of the imported runs.")
 @click.option("--routing", default=None, help="'off', or JSON (text or file): tag -> [metric name, context].")
 @click.option("--follow", is_flag=True, help="keep importing new events as they are written, until Ctrl-C.")
-@click.option("--interval", default=2.0, show_default=True, help="seconds between looks with --follow.")
+@click.option(
+    "--interval",
+    default=2.0,
+    show_default=True,
+    callback=_interval,
+    help="seconds between looks with --follow.",
+)
 def import_tensorboard(
     logdir: str,
     repo_path: str | None,
@@ -95,21 +117,27 @@ def import_tensorboard(
         config = resolve(kwargs=settings)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if not config.remote_uri and os.path.exists(config.repo_path) and not os.path.isdir(config.repo_path):
+        raise click.BadParameter(f"{config.repo_path} is a file, not a folder", param_hint="'--repo'")
+    _check_target(config.remote_uri, config.repo_path)
     progress = _Progress(enabled=sys.stderr.isatty())
     importer = TensorBoardImporter(logdir, config, on_progress=progress.update)
     try:
-        importer.run_once(final=not follow)
-        progress.update(importer.report)
-        while follow:
-            if _wait(interval):
-                break
-            importer.run_once(final=False)
+        try:
+            importer.run_once(final=not follow)
             progress.update(importer.report)
-    except KeyboardInterrupt:
-        pass  # --follow ends here; what was read is closed below like any other pass
-    finally:
-        importer.close()
-        progress.close()
+            while follow:
+                if _wait(interval):
+                    break
+                importer.run_once(final=False)
+                progress.update(importer.report)
+        except KeyboardInterrupt:
+            pass  # --follow ends here; what was read is closed below like any other pass
+        finally:
+            importer.close()
+            progress.close()
+    except Exception as exc:  # the repo or server failed under us: a line, as sync says it
+        _fail(f"the import stopped: {_reason(exc)}; what was imported is kept, run the same command to go on")
     report = importer.report
     rate = report.values / report.seconds if report.seconds else 0.0
     click.echo(
@@ -128,6 +156,29 @@ def import_tensorboard(
         )
     if report.damaged:
         sys.exit(1)
+
+
+def _check_target(remote_uri: str | None, repo_path: str, write: bool = True) -> None:
+    """Fail with one line, before anything is opened, when the server is not there or the repo is
+    one aim cannot open (aim's own errors are a traceback)."""
+    from .errors import TraceletError
+    from .sink.repo import check_repo, check_server
+
+    try:
+        if remote_uri:
+            check_server(remote_uri)
+        else:
+            check_repo(repo_path, write)
+    except TraceletError as exc:
+        _fail(exc)
+
+
+def _reason(exc: Exception) -> str:
+    """Our errors say what happened; another one is named by its type as well."""
+    from .errors import TraceletError
+
+    text = str(exc).removeprefix("tracelet: ")
+    return text if isinstance(exc, TraceletError) else f"{type(exc).__name__}: {text}"
 
 
 def _wait(seconds: float) -> bool:
@@ -184,11 +235,11 @@ def sync(spool: str | None, remote_uri: str | None, runs: tuple[str, ...]) -> No
         raise click.UsageError("say which server with --to aim://host:53800 (or $TRACELET_AIM_REMOTE)")
     if not os.path.isdir(os.path.join(config.spool_path, ".aim")):
         raise click.UsageError(f"{config.spool_path} holds no AIM repo: nothing was spooled there")
+    _check_target(None, config.spool_path)
     try:
         check_server(config.remote_uri)
     except Exception as exc:
-        click.echo(f"error: {str(exc).removeprefix('tracelet: ')}", err=True)
-        sys.exit(1)
+        _fail(exc)
     from .sink.stale import close_stale, open_repo
 
     # a spooled run whose writer died (a crash while offline) would be sent as still running, and
@@ -233,25 +284,23 @@ def runs_group() -> None:
     """See the runs of a repo or server, and close the ones nothing will close."""
 
 
-def _repo(repo_path: str | None, remote_uri: str | None) -> Any:
-    """The ``aim.Repo`` that --repo / --remote name (default: $TRACELET_AIM_REPO or .)."""
+def _repo(repo_path: str | None, remote_uri: str | None, write: bool = True) -> Any:
+    """The ``aim.Repo`` that --repo / --remote name (default: $TRACELET_AIM_REPO or .), to be written
+    or (``write=False``) only read."""
     try:
         config = resolve(kwargs={"repo_path": repo_path, "remote_uri": remote_uri})
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    if config.remote_uri:
-        from .sink.repo import check_server
-
-        try:
-            check_server(config.remote_uri)
-        except Exception as exc:
-            click.echo(f"error: {str(exc).removeprefix('tracelet: ')}", err=True)
-            sys.exit(1)
-    elif not os.path.isdir(os.path.join(config.repo_path, ".aim")):
+    if not config.remote_uri and not os.path.isdir(os.path.join(config.repo_path, ".aim")):
         raise click.UsageError(f"{config.repo_path} holds no AIM repo (choose one with --repo)")
+    _check_target(config.remote_uri, config.repo_path, write)
     from .sink.stale import open_repo
 
-    return open_repo(config.remote_uri or config.repo_path)
+    where = config.remote_uri or config.repo_path
+    try:
+        return open_repo(where)
+    except Exception as exc:  # a repo damaged past what the checks above read
+        _fail(f"cannot open the AIM repo at {where}: {_reason(exc)}")
 
 
 def _ago(stamp: float | None) -> str:
@@ -290,7 +339,7 @@ def runs_ls(repo_path: str | None, remote_uri: str | None) -> None:
     """Print every run: hash, status, last heartbeat, experiment and name."""
     from .sink.stale import list_runs
 
-    rows = list_runs(_repo(repo_path, remote_uri))
+    rows = list_runs(_repo(repo_path, remote_uri, write=False))
     click.echo(f"{'run':<24}  {'status':<11}  {'heartbeat':<10}  {'experiment':<20}  name")
     for row in rows:
         beat = _ago(row.heartbeat)

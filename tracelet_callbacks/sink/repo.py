@@ -20,6 +20,7 @@ from ..errors import TraceletError
 
 __all__ = [
     "check_address",
+    "check_repo",
     "check_repo_path",
     "check_server",
     "make_repo",
@@ -147,7 +148,18 @@ def check_repo_path(repo_path: str) -> str:
             f"tracelet: cannot write to repo_path {path!r} ({exc.strerror or exc}); "
             "choose a folder you can write to with repo_path= or TRACELET_AIM_REPO"
         ) from exc
-    repo = os.path.join(path, ".aim")
+    check_repo(path)
+    return path
+
+
+def check_repo(repo_path: str, write: bool = True) -> None:
+    """The checks of :func:`check_repo_path` that touch nothing: the AIM repo in ``repo_path``, if
+    there is one, is a folder whose data version this aim can write (with ``write=False``, read: aim
+    reads a newer version's repo, but fails on an unreadable ``VERSION`` with a bare ``ValueError``).
+    :class:`TraceletError` names the path and the cause.
+
+    The command line runs it before it opens a repo, so a broken one is an ``error:`` line."""
+    repo = os.path.join(repo_path, ".aim")
     if os.path.lexists(repo) and not os.path.isdir(repo):
         raise TraceletError(
             f"tracelet: {repo!r} is not a folder, so it is no AIM repo; move it or choose another repo_path"
@@ -155,14 +167,13 @@ def check_repo_path(repo_path: str) -> str:
     version_file = os.path.join(repo, "VERSION")
     if os.path.exists(version_file):
         found, supported = _read_version(version_file), _aim_data_version()
-        if found is None or (supported is not None and found > supported):
+        if found is None or (write and supported is not None and found > supported):
             shown = ".".join(map(str, found)) if found else "unreadable"
+            ours, use = ".".join(map(str, supported or ())), "write" if write else "read"
             raise TraceletError(
                 f"tracelet: the AIM repo {repo!r} has data version {shown}, which the installed aim "
-                f"(data version {'.'.join(map(str, supported or ()))}) cannot write; upgrade aim or "
-                "choose another repo_path"
+                f"(data version {ours}) cannot {use}; upgrade aim or choose another repo_path"
             )
-    return path
 
 
 def _read_version(version_file: str) -> tuple[int, ...] | None:

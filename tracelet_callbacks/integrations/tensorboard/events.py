@@ -1,5 +1,5 @@
-"""Reading TensorBoard event files without TensorFlow: the records, the run folders, and what a
-summary value holds (PNG images, WAV clips, tensors).
+"""Reading TensorBoard event files without TensorFlow: the records, the run folders, the order a
+folder's files were written in, and what a summary value holds (PNG images, WAV clips, tensors).
 
 TensorBoard's own protobuf definitions decode the events; the records around them are read here
 rather than through TensorBoard's compat reader, which can start only at the beginning of a file and
@@ -30,9 +30,11 @@ __all__ = [
     "decode_wav",
     "find_run_folders",
     "hparams_of",
+    "in_written_order",
     "live_tag",
     "read_records",
     "tensor_number",
+    "written_at",
     "written_for_parent",
 ]
 
@@ -81,6 +83,49 @@ def find_run_folders(logdir: str) -> list[str]:
         if any(EVENT_FILE.search(name) for name in files):
             found.append(os.path.abspath(folder))
     return sorted(found)
+
+
+def written_at(path: str) -> float | None:
+    """When the writer of the event file ``path`` began: the wall time of its first record (the file
+    version every writer starts with); ``None`` while that cannot be read (not written yet, damaged,
+    not an event file). It orders the files of a folder, which names alone do not within a second.
+
+    >>> written_at("/nonexistent/events.out.tfevents.1700000000.host") is None
+    True
+    """
+    from tensorboard.compat.proto import event_pb2
+
+    if not os.path.isfile(path):  # a named pipe would block the open
+        return None
+    try:
+        for _end, data in read_records(path):
+            return event_pb2.Event.FromString(data).wall_time
+    except Exception:
+        return None
+    return None
+
+
+def in_written_order(paths: list[str], known: dict[str, float]) -> list[str]:
+    """``paths`` (event files of one run), the one whose writer began first first (:func:`written_at`;
+    a file not readable yet by the seconds in its name). ``known`` keeps each file's time once read.
+
+    >>> in_written_order(["a/events.out.tfevents.1700000009.x", "a/events.out.tfevents.1700000001.y"], {})
+    ['a/events.out.tfevents.1700000001.y', 'a/events.out.tfevents.1700000009.x']
+    """
+    if len(paths) < 2:
+        return paths
+    order = {}
+    for path in paths:
+        when = known.get(path)
+        if when is None:
+            when = written_at(path)
+            if when is None:
+                stamp = re.search(r"tfevents\.(\d+)", os.path.basename(path))
+                when = float(stamp[1]) if stamp else 0.0
+            else:
+                known[path] = when  # a file's first record never changes
+        order[path] = when
+    return sorted(paths, key=lambda path: (order[path], path))
 
 
 def written_for_parent(folder: str, owner: str) -> bool:

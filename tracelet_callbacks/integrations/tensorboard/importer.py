@@ -7,17 +7,18 @@ events go through the same translator as ``TraceletWriter.add_*`` (so ``train/lo
 folders of ``add_scalars`` and ``add_hparams`` come back to their parent's run under the live names
 (see :func:`.events.live_tag`).
 
-**Idempotent and incremental.** The run of a folder is found again by the folder's identity (its
-real path, hashed), stored in the run param ``tensorboard`` with how far each event file was read;
-a second import reads nothing twice, and a grown file is read from where the last import stopped.
+**Idempotent and incremental.** The run of a folder is found again by the folder's identity (see
+:mod:`.runs`, which also places each scalar at its logged step); a second import reads nothing twice,
+and a grown file is read from where the last import stopped.
 
 **Reading** (:mod:`.events`) needs no TensorFlow; a file cut short or a record that does not decode
-ends that file: what comes before is imported, and one warning names the file and the byte offset.
+ends that file: what comes before is imported, and one warning names the file and the byte offset (a
+file of other bytes named like an event file is named the same way; alone in its folder, it makes no
+run).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import warnings
@@ -26,23 +27,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import TraceletConfig
-from ...core.translator import Translator
 from ...errors import TraceletWarning
-from ...run.experiment import Experiment, find_run
 from .events import (
     EVENT_FILE,
     TEXT_SUFFIX,
     Damage,
-    WallTimeSink,
     decode_png,
     decode_wav,
     find_run_folders,
     hparams_of,
+    in_written_order,
     live_tag,
     read_records,
     tensor_number,
     written_for_parent,
 )
+from .runs import FolderRun
 
 __all__ = ["ImportReport", "TensorBoardImporter"]
 
@@ -61,10 +61,6 @@ class ImportReport:
     cut_short: list[Damage] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)  # summary kind -> values left out
     seconds: float = 0.0
-
-
-def _identity(folder: str) -> str:
-    return hashlib.sha256(os.path.realpath(folder).encode()).hexdigest()[:24]
 
 
 class TensorBoardImporter:
@@ -86,9 +82,9 @@ class TensorBoardImporter:
         self.config = config
         self.report = ImportReport()
         self._on_progress = on_progress
-        self._open: dict[str, tuple[Experiment, Translator, WallTimeSink, dict[str, int]]] = {}
+        self._open: dict[str, FolderRun] = {}
         self._warned_kinds: set[str] = set()
-        self._at_zero: set[str] = set()  # tags of the run being read that had a point at step 0
+        self._written_at: dict[str, float] = {}  # event file -> when its writer began, once read
 
     # -- the folders and their runs ------------------------------------------------------------------
 
@@ -105,36 +101,14 @@ class TensorBoardImporter:
                 runs.setdefault(owner, []).append(entry)
         return runs
 
-    def _run_of(self, folder: str) -> tuple[Experiment, Translator, WallTimeSink, dict[str, int]]:
+    def _run_of(self, folder: str) -> FolderRun:
         found = self._open.get(folder)
-        if found is not None:
-            return found
-        identity = _identity(folder)
-        name = os.path.relpath(folder, self.logdir)
-        name = os.path.basename(self.logdir) if name == "." else name
-        existing = find_run(self.config, ("tensorboard", "identity"), identity)  # an earlier import's
-        settings = self.config.replace(
-            run_hash=existing,
-            run_name=name if existing is None else None,
-            tags={"source": "tensorboard"} if existing is None else None,
-            system_tracking_interval=None,
-            capture_terminal_logs=False,
-            watch=None,
-        )
-        exp = Experiment(settings).open()
-        base = exp.translator
-        stamped = WallTimeSink(base.sink)
-        translator = Translator(stamped, routing=settings.routing, strict=False)
-        done: dict[str, int] = {}
-        if existing is not None:
-            try:
-                done = dict((exp.run.get("tensorboard") or {}).get("files") or {})
-            except Exception:
-                done = {}
-        else:
-            translator.params({"folder": os.path.realpath(folder), "identity": identity}, key="tensorboard")
-        self.report.runs[folder] = exp.hash
-        self._open[folder] = found = (exp, translator, stamped, done)
+        if found is None:
+            name = os.path.relpath(folder, self.logdir)
+            name = os.path.basename(self.logdir) if name == "." else name
+            found = self._open[folder] = FolderRun(folder, name, self.config)
+            if found.exp is not None:  # an earlier import's
+                self.report.runs[folder] = found.exp.hash
         return found
 
     # -- one pass ------------------------------------------------------------------------------------
@@ -144,41 +118,37 @@ class TensorBoardImporter:
         otherwise (``--follow``) it may still be being written, and is read again next pass."""
         started = time.perf_counter()
         for folder, files in self.plan().items():
-            exp, translator, stamped, done = self._run_of(folder)
-            self._at_zero = set()
+            run = self._run_of(folder)
             changed = False
-            for path, relative in files:
-                start = done.get(relative, 0)
+            relative_of = dict(files)
+            for path in in_written_order(list(relative_of), self._written_at):
+                relative = relative_of[path]
+                start = run.done.get(relative, 0)
                 try:
                     size = os.path.getsize(path)
                 except OSError:
                     continue
                 if size <= start:
                     continue
-                end = self._import_file(path, relative, start, translator, stamped, final)
+                end = self._import_file(path, relative, start, run, final)
                 if end > start:
-                    done[relative] = end
+                    run.done[relative] = end
                     changed = True
                     self.report.files += 1
-            if changed:
-                translator.params({"files": dict(done)}, key="tensorboard")
-            if final:  # done with this folder: its writer process goes on to the next folder's run
-                exp.close("finished")
+            if run.exp is not None:  # else nothing of its files decodes (each one named): no run
+                run.end_pass(changed, final)
+            if final:
                 del self._open[folder]
-            else:
-                exp.flush()
         self.report.seconds += time.perf_counter() - started
         return self.report
 
     def close(self) -> None:
         """Close every run (flushed, indexed: queryable at once)."""
-        for exp, *_ in self._open.values():
-            exp.close("finished")
+        for run in self._open.values():
+            run.close()
         self._open.clear()
 
-    def _import_file(
-        self, path: str, relative: str, start: int, translator: Translator, stamped: WallTimeSink, final: bool
-    ) -> int:
+    def _import_file(self, path: str, relative: str, start: int, run: FolderRun, final: bool) -> int:
         from tensorboard.compat.proto import event_pb2
 
         child = os.path.dirname(relative)  # "" for the run's own files, "loss_train" for add_scalars'
@@ -189,10 +159,13 @@ class TensorBoardImporter:
                     event = event_pb2.Event.FromString(data)
                 except Exception as exc:
                     raise Damage(path, offset, f"a record that does not decode ({exc})") from None
+                if run.exp is None:  # the folder's first record that is one: its run is made now
+                    run.open()
+                    self.report.runs[run.folder] = run.exp.hash
                 if event.HasField("summary"):
-                    stamped.wall_time = event.wall_time
+                    run.stamped.wall_time = event.wall_time
                     for value in event.summary.value:
-                        self._value(translator, value, event.step, child)
+                        self._value(run, value, event.step, child)
                 self.report.bytes_read += end - offset
                 offset = end
                 if self._on_progress is not None and self.report.values % 5000 == 0:
@@ -203,9 +176,9 @@ class TensorBoardImporter:
                 self.report.cut_short.append(damage)
             elif not cut_short:
                 self.report.damaged.append(damage)
+                kept = "nothing of it was" if damage.offset == 0 else "everything before it was"
                 warnings.warn(
-                    f"tracelet: {path} is damaged ({damage.why} at byte {damage.offset}); everything "
-                    "before it was imported",
+                    f"tracelet: {path} is damaged ({damage.why} at byte {damage.offset}); {kept} imported",
                     TraceletWarning,
                     stacklevel=2,
                 )
@@ -213,7 +186,8 @@ class TensorBoardImporter:
 
     # -- one summary value ---------------------------------------------------------------------------
 
-    def _value(self, t: Translator, value: Any, step: int, child: str) -> None:
+    def _value(self, run: FolderRun, value: Any, step: int, child: str) -> None:
+        t = run.translator
         tag = value.tag
         plugin = value.metadata.plugin_data.plugin_name if value.HasField("metadata") else ""
         kind = value.WhichOneof("value")
@@ -224,11 +198,7 @@ class TensorBoardImporter:
             return
         if kind == "simple_value" or (kind == "tensor" and plugin == "scalars"):
             number = value.simple_value if kind == "simple_value" else tensor_number(value.tensor)
-            tag = live_tag(tag, child)
-            if step == 0:  # add_scalar without a step writes 0 every time; live, they are 0, 1, 2 ...
-                step = None if tag in self._at_zero else 0
-                self._at_zero.add(tag)
-            t.scalar(tag, number, step)
+            run.scalar(live_tag(tag, child), number, step)
         elif kind == "histo":
             h = value.histo
             t.histogram_raw(tag, h.min, h.max, list(h.bucket_limit), list(h.bucket), step)
