@@ -1,0 +1,291 @@
+"""A team's jobs logging into one ``aim server``: values per second, the lag until a value is visible,
+and what the server's CPU pays per 100,000 values.
+
+Starts a stock ``aim server`` over a new repo on a free port of 127.0.0.1, then runs, one workload
+after the other:
+
+* ``jobs=N`` for each N of ``--jobs``: N training processes at once, each logging ``--values`` scalars
+  over 8 series through ``start_logging(remote_uri=...)`` and closing its run (a fresh process each,
+  as a team's jobs are);
+* ``sync``: one process logs ``--values`` scalars offline (``TRACELET_OFFLINE=1``, into its spool),
+  then ``python -m tracelet_callbacks sync --to`` sends them; only the sync is timed.
+
+For every workload it prints the wall time from the first job's start until every run is closed,
+the values per second that makes, the server's CPU seconds per 100,000 values, and the lag: while
+the jobs log, this process asks the server once a second how far each run's first series has come,
+and the lag is how long before that moment the step it sees was logged (median and worst). Every
+value is read back from the server through aim's public API at the end.
+
+    .venv/bin/python benchmarks/team_server.py --jobs 1 4 8 --values 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+
+AIM = str(Path(sys.executable).with_name("aim"))
+SERIES = 8
+
+JOB = textwrap.dedent(
+    """
+    import json, sys, time
+    import tracelet_callbacks as tracelet
+
+    uri, values, report = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    exp = tracelet.start_logging(experiment_name="team-bench", remote_uri=uri, system_tracking_interval=None)
+    steps = values // {series}
+    logged = {{}}  # step -> when it was logged, every 1/50 of the run
+    started = time.time()
+    for step in range(steps):
+        exp.log_metrics({{f"m{{i}}": float(step * {series} + i) for i in range({series})}}, step=step)
+        if step % max(1, steps // 50) == 0 or step == steps - 1:
+            logged[step] = time.time()
+    looped = time.time()
+    run_hash = exp.hash
+    tracelet.stop_logging()
+    with open(report, "w") as out:
+        json.dump({{"hash": run_hash, "started": started, "looped": looped, "closed": time.time(),
+                   "logged": logged}}, out)
+    """
+).format(series=SERIES)
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys, aim
+    from aim.storage.context import Context
+    repo = aim.Repo.from_path(sys.argv[1])
+    seen = {}
+    for run_hash in sys.argv[2:]:
+        try:
+            run = aim.Run(run_hash, repo=repo, read_only=True)
+            # the value array itself, not the meta keys written beside it: m0 at step s is 8 * s, and
+            # aim keeps an array in the order of its (hashed) steps, so take the largest value
+            values = run.get_metric("m0", Context({})).values.values_list()
+            seen[run_hash] = int(max(values)) // 8 if values else None
+        except Exception:  # not on the server yet
+            seen[run_hash] = None
+    print(json.dumps(seen))
+    """
+)
+
+READ = textwrap.dedent(
+    """
+    import json, sys, aim
+    repo = aim.Repo.from_path(sys.argv[1])
+    counts = {}
+    for run_hash in sys.argv[2:]:
+        run = aim.Run(run_hash, repo=repo, read_only=True)
+        counts[run_hash] = sum(len(m.values.values_list()) for m in run.metrics())
+    print(json.dumps(counts))
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
+    folder.mkdir(parents=True)
+    subprocess.run([AIM, "init", "--repo", str(folder), "-y"], check=True, capture_output=True)
+    port = free_port()
+    command = [AIM, "server", "--repo", str(folder), "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"aim://127.0.0.1:{port}"
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"aim server exited with {proc.returncode}") from None
+            time.sleep(0.2)
+    raise SystemExit("aim server did not start within 60 s")
+
+
+def server_cpu(proc: subprocess.Popen) -> float:
+    """CPU seconds of the server and every process under it so far."""
+    total = 0.0
+    server = psutil.Process(proc.pid)
+    for process in [server, *server.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def read_back(uri: str, hashes: list[str]) -> dict[str, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", READ, uri, *hashes], capture_output=True, text=True, timeout=600
+    )
+    if done.returncode:
+        raise SystemExit(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_jobs(uri: str, jobs: int, values: int, work: Path, server: subprocess.Popen) -> dict:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cpu_before = server_cpu(server)
+    began = time.time()
+    procs, reports = [], []
+    for index in range(jobs):
+        folder = work / f"job{jobs}-{index}"
+        folder.mkdir()
+        report = folder / "report.json"
+        script = folder / "job.py"
+        script.write_text(JOB)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), uri, str(values), str(report)], cwd=folder, env=env
+            )
+        )
+        reports.append(report)
+    # the lag: a probe process a second (aim's remote client in this process would share its queue)
+    seen: list[tuple[float, int, dict]] = []  # (asked at, job index, {hash: last step})
+    hashes: dict[int, str] = {}
+    while any(proc.poll() is None for proc in procs):
+        asked = time.time()
+        known = [h for h in hashes.values()]
+        if known:
+            done = subprocess.run(
+                [sys.executable, "-c", PROBE, uri, *known], capture_output=True, text=True, timeout=120
+            )
+            if done.returncode == 0:
+                seen.append((asked, 0, json.loads(done.stdout.strip().splitlines()[-1])))
+        for index, folder in enumerate(work.glob(f"job{jobs}-*")):
+            spooled = folder / ".aim-spool" / ".aim" / "meta" / "chunks"
+            if index not in hashes and spooled.is_dir():
+                found = [p.name for p in spooled.iterdir()]
+                if found:
+                    hashes[index] = found[0]
+        time.sleep(max(0.0, 1.0 - (time.time() - asked)))
+    for proc in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"a job exited with {proc.returncode}")
+    ended = time.time()
+    results = [json.loads(report.read_text()) for report in reports]
+    cpu = server_cpu(server) - cpu_before
+    counts = read_back(uri, [r["hash"] for r in results])
+    if os.environ.get("TEAM_BENCH_DEBUG"):
+        print(began, results, seen, file=sys.stderr)
+    lags = []
+    for asked, _, steps in seen:
+        for result in results:
+            step = steps.get(result["hash"])
+            logged = {int(k): v for k, v in result["logged"].items()}
+            if asked > result["closed"] or asked < result["started"]:
+                continue
+            step = -1 if step is None else step  # nothing of the run visible yet
+            later = [at for s, at in logged.items() if s > step and at < asked]  # logged, not yet seen
+            if later:
+                lags.append(asked - min(later))
+            else:
+                lags.append(0.0)
+    total = jobs * (values // SERIES) * SERIES
+    return {
+        "workload": f"jobs={jobs}",
+        "values": total,
+        "wall_s": ended - began,
+        "loop_s": max(r["looped"] - r["started"] for r in results),
+        "values_per_s": total / (ended - began),
+        "server_cpu_per_100k": cpu / total * 100_000,
+        "lag_median_s": statistics.median(lags) if lags else None,
+        "lag_max_s": max(lags) if lags else None,
+        "read_back": sum(counts.values()),
+    }
+
+
+def run_sync(uri: str, values: int, work: Path, server: subprocess.Popen) -> dict:
+    folder = work / "offline"
+    folder.mkdir()
+    report = folder / "report.json"
+    script = folder / "job.py"
+    script.write_text(JOB)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TRACELET_OFFLINE": "1"}
+    subprocess.run(
+        [sys.executable, str(script), uri, str(values), str(report)], cwd=folder, env=env, check=True
+    )
+    run_hash = json.loads(report.read_text())["hash"]
+    cpu_before = server_cpu(server)
+    began = time.time()
+    subprocess.run(
+        [sys.executable, "-m", "tracelet_callbacks", "sync", "--to", uri],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+    )
+    wall = time.time() - began
+    cpu = server_cpu(server) - cpu_before
+    total = (values // SERIES) * SERIES
+    return {
+        "workload": "sync",
+        "values": total,
+        "wall_s": wall,
+        "loop_s": None,
+        "values_per_s": total / wall,
+        "server_cpu_per_100k": cpu / total * 100_000,
+        "lag_median_s": None,
+        "lag_max_s": None,
+        "read_back": read_back(uri, [run_hash])[run_hash],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--values", type=int, default=100_000, help="scalars each job logs")
+    parser.add_argument("--no-sync", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tracelet-team-bench-"))
+    server, uri = start_server(work / "server")
+    try:
+        rows = [run_jobs(uri, jobs, args.values, work, server) for jobs in args.jobs]
+        if not args.no_sync:
+            rows.append(run_sync(uri, args.values, work, server))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"load average at the end: {os.getloadavg()[0]:.1f}; {os.cpu_count()} cores; "
+        f"{args.values:,} values a job"
+    )
+    print(
+        "| workload | values | loop s | wall s | values/s | lag median s | lag max s "
+        "| server CPU s / 100k | read back |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+
+        def shown(value: float | None, digits: int = 2) -> str:
+            return "-" if value is None else f"{value:.{digits}f}"
+
+        print(
+            f"| {row['workload']} | {row['values']:,} | {shown(row['loop_s'])} | {row['wall_s']:.2f} | "
+            f"{row['values_per_s']:,.0f} | {shown(row['lag_median_s'])} | {shown(row['lag_max_s'])} | "
+            f"{row['server_cpu_per_100k']:.2f} | {row['read_back']:,} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
