@@ -2,12 +2,18 @@
 
 While a session is active, every ``torch.utils.tensorboard.SummaryWriter`` (even one imported or
 created before ``start_logging``) also sends its ``add_*`` calls to the session's AIM run.
+
+A process forked during a session (a DataLoader worker, a forked evaluation) sees the session but
+never writes its run: what it logs is dropped with one warning, and its ``stop_logging()`` ends only
+its own view of the session, never the parent's run. Its own ``start_logging()`` opens a run of its
+own.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import threading
 import warnings
 from collections.abc import Mapping
@@ -25,6 +31,14 @@ log = logging.getLogger("tracelet_callbacks")
 SUPPORTED_BACKENDS = ("aim",)
 
 _lock = threading.RLock()
+
+
+def _new_lock() -> None:
+    global _lock
+    _lock = threading.RLock()  # in a forked child: a parent's thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_new_lock)
 
 
 def start_logging(
@@ -69,7 +83,10 @@ def start_logging(
     else:
         resolved = resolve(settings, {**named, **(config or {})})
     with _lock:
-        if active() is not None:
+        previous = active()
+        if previous is not None and previous.inherited:
+            stop_logging()  # a forked parent's session: this process's own run replaces it, nothing ends
+        elif previous is not None:
             warnings.warn(
                 "tracelet: start_logging called while a session is active; "
                 "the previous run is finished first",
@@ -92,7 +109,8 @@ def get_active_experiment() -> Experiment | None:
 def stop_logging(status: str = "finished") -> None:
     """Close the active run (flush, record ``status``, index) and restore ``SummaryWriter``.
 
-    Calling it with no active session does nothing.
+    Calling it with no active session does nothing. In a process forked during the session it ends
+    the session in that process only: the run is the parent's, which goes on writing and closes it.
     """
     with _lock:
         experiment = swap_active(None)

@@ -3,6 +3,14 @@
 Every adapter (Lightning, Hugging Face, Accelerate, the TensorBoard writer) holds one of these; the
 seed's ``get_active_experiment()`` returns one. Nothing is opened until the first call that needs the
 run, unless :meth:`Experiment.open` is called.
+
+**Forked processes.** A run is written only by the process that opened it. A child forked after that
+(a DataLoader worker, a forked evaluation) inherits the experiment but not the run: what it logs is
+dropped with one warning at its line, and its ``close()`` (``stop_logging()``, a logger's
+``finalize``, its exit) ends nothing of the parent's; the parent's run goes on as if the child had
+never been. A child that should log opens a run of its own (``start_logging`` or a new
+``Experiment`` in the child). An experiment not yet opened at the fork is opened by whichever process
+uses it first, as a pickled copy is.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Any, Protocol
 from ..config import TraceletConfig, coerce
 from ..core import records as rec
 from ..core.translator import Translator
-from ..errors import TraceletError, TraceletWarning
+from ..errors import TraceletError, TraceletWarning, say
 from . import exits
 from .monitor import SystemMonitor, monitor
 from .resume import ResumePoint, find_resume_point, mark_checkpoint
@@ -98,6 +106,7 @@ class Experiment:
             self._opened = True
             self._live = self._translator
             self._owner = os.getpid()
+            _live_here.add(self)
             if self.config.run_hash:
                 _opened_here[self.config.run_hash] = self
             self._translator.tags(self.config.tags)
@@ -146,12 +155,22 @@ class Experiment:
 
     @property
     def translator(self) -> Translator | None:
-        """The translation core over this run; ``None`` when disabled or closed (values then go nowhere,
-        with one warning), so a late ``add_scalar`` never stops a script."""
+        """The translation core over this run; ``None`` when disabled or closed, or in a process forked
+        from the one that opened it (values then go nowhere, with one warning), so a late ``add_scalar``
+        never stops a script."""
         live = self._live  # every logged value comes this way
         if live is not None:
             return live
         if not self.enabled:
+            return None
+        if self.inherited:
+            if not self._warned_closed:
+                self._warned_closed = True
+                say(
+                    f"tracelet: run {self.hash} belongs to process {self._owner}, which this process "
+                    "was forked from; values logged here are dropped (open a run of this process's "
+                    "own with start_logging() or Experiment() to keep them)"
+                )
             return None
         if self._closed:
             if not self._warned_closed:
@@ -170,6 +189,12 @@ class Experiment:
         return self._opened and not self._closed
 
     @property
+    def inherited(self) -> bool:
+        """Whether the run was opened by a process this one was forked from, which alone writes it
+        (see the module docstring): here values are dropped and ``close()`` ends nothing."""
+        return self._opened and self._owner != os.getpid()
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
@@ -179,7 +204,7 @@ class Experiment:
 
     def flush(self) -> None:
         """Make everything logged so far durable (on a stand-in: hand this rank's system sample on now)."""
-        if self._opened and not self._closed:
+        if self._opened and not self._closed and not self.inherited:
             self._sink.flush()
         elif not self.enabled and (system := self._system()) is not None:
             system.flush()
@@ -189,6 +214,9 @@ class Experiment:
         status = rec.normalise_status(status)  # a bad status must not leave the run half-closed
         with self._lock:
             if self._closed:
+                return
+            if self.inherited:  # the parent's run: only this process stops using it
+                self._closed, self._live = True, None
                 return
             if self._told and not self._opened and self.enabled:
                 # someone was given this run's hash: it must name a run, even one that holds nothing
@@ -203,6 +231,7 @@ class Experiment:
                 self._watchers.remove()
             self._closed = True
             self._live = None
+            _live_here.discard(self)
             exits.forget(self)
             if _opened_here.get(self.config.run_hash or "") is self:
                 del _opened_here[self.config.run_hash]
@@ -450,6 +479,25 @@ _active: Experiment | None = None
 # The runs open in this process, by hash: a copy of a logger (pickled, deep-copied) made in the process
 # whose original holds the run writes through the original's experiment instead of opening it twice.
 _opened_here: weakref.WeakValueDictionary[str, Experiment] = weakref.WeakValueDictionary()
+
+
+# The experiments open in this process: a child forked from it drops what it logs to them.
+_live_here: weakref.WeakSet[Experiment] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Values logged in a forked child to the parent's runs take the slow path, which drops them with
+    one warning (:attr:`Experiment.inherited`); the sinks themselves are let go of by
+    :mod:`~tracelet_callbacks.sink.ownership`."""
+    inherited = list(_live_here)
+    _live_here.clear()
+    for exp in inherited:
+        exp._live = None
+        exp._warned_closed = False
+        exp._lock = threading.RLock()  # a parent's thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def opened_here(run_hash: str | None) -> Experiment | None:

@@ -12,6 +12,9 @@ A :class:`RunLifecycle` holds the settings and the current :class:`~tracelet_cal
 * **finish** (:meth:`finish`): ended for good, later values are dropped with one warning until
   :meth:`next_run` (accelerate's ``end_training`` then ``init_trackers``);
 * **pickled by hash**: a copy continues the run the original was writing (DDP spawn, Ray);
+* **forked, left alone**: a child forked while a run is open (a DataLoader worker) drops what it
+  logs, with one warning, and its :meth:`end` / :meth:`finish` end nothing of the parent's run
+  (see :mod:`~tracelet_callbacks.run.experiment`); :meth:`next_run` gives the child a run of its own;
 * **a stand-in** when ``enabled`` is ``False`` (non-zero ranks): every call does nothing.
 
 >>> from tracelet_callbacks.config import resolve
@@ -35,9 +38,10 @@ from typing import Any
 
 from ..config import TraceletConfig
 from ..core.records import new_run_hash, normalise_status
+from ..errors import TraceletError
 from .experiment import Experiment, RunHandle, opened_here
 from .ranks import launched_as_rank_zero
-from .resume import ResumePoint
+from .resume import ResumePoint, checked_point, not_on_server
 from .watch import Watchers
 
 __all__ = ["RunLifecycle"]
@@ -80,17 +84,35 @@ class RunLifecycle:
         ``run_hash`` setting (Lightning: the run that wrote the checkpoint being loaded).
         """
         exp = self._exp
-        if exp is not None and exp.closed and exp.enabled:
+        if exp is not None and exp.closed and exp.enabled and not exp.inherited:
             # closed by a copy that shared it (or at exit): the next use continues it
             self._ended_exp, self._exp = exp, None
             if not self._finished:
                 self._resume = self._ended = exp.hash
         if self._exp is None:
             self._exp = self._make(first_hash)
+            if self._exp.resume_point is not None:  # a checkpoint's run
+                self._exp = self._on_server(self._exp)
         exp = self._exp
         if exp.enabled and not exp.is_open and (shared := opened_here(exp.config.run_hash)) is not None:
             self._exp = shared  # a copy of this logger in this process holds the run: write through it
         return self._exp
+
+    def _on_server(self, exp: Experiment) -> Experiment:
+        """``exp``, continuing a checkpoint's run on a server, opened now: a run the server does not hold
+        (deleted, or a hash no run has) is one warning and a new run, never a failed start. A local repo
+        was asked (without aim) when the checkpoint was read: :func:`~.resume.checked_point`."""
+        point = exp.resume_point
+        if point is None or not self.config.remote_uri or self.config.offline or self.config.sink_factory:
+            return exp
+        try:
+            return exp.open()  # any other failure is the caller's, as it was before: ``exp`` stays
+        except TraceletError as exc:
+            if not _run_not_found(exc):
+                raise
+        not_on_server(point.run_hash, self.config)
+        checked_point(point, self.config.remote_uri, self.config, None)  # says why a new run starts
+        return Experiment(self.config.replace(run_hash=None, run_name=self.run_name))
 
     def _make(self, first_hash: Callable[[], str | None] | None) -> Experiment:
         if not self.enabled:
@@ -269,6 +291,12 @@ class RunLifecycle:
         exp, self._exp = self._exp, None
         if exp is None or not exp.enabled:
             return
+        if exp.inherited:
+            # a forked child's copy of its parent's run: the parent alone ends it, and nothing here
+            # continues it; it stays current, dropping what is logged, until next_run()
+            self._exp, self._ended = exp, exp.hash
+            exp.close(status)
+            return
         self._ended_exp = exp
         run_hash = exp.hash if exp.is_open else exp.config.run_hash
         if not self._finished:  # set first: a close that fails still leaves the run to continue
@@ -284,6 +312,8 @@ class RunLifecycle:
     def next_run(self, run_name: str | None = None, status: str = "finished") -> None:
         """End the current run (if any) with ``status``; the next use starts a new run."""
         self.end(status)
+        if self._exp is not None and self._exp.inherited:
+            self._exp = None  # a forked child's new run is its own
         self._resume, self._finished = None, False
         self.run_name = run_name if run_name is not None else self.config.run_name
 
@@ -304,3 +334,14 @@ class RunLifecycle:
         state["_exp"] = state["_stand_in"] = state["_ended_exp"] = None
         state["_watchers"] = Watchers()  # hooks belong to the model in this process
         return state
+
+
+def _run_not_found(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or the error it was raised from (the writer process's), says the run is gone."""
+    from ..sink.forward import RunNotFound  # no aim import: the class only
+
+    while exc is not None:
+        if isinstance(exc, RunNotFound):
+            return True
+        exc = exc.__cause__
+    return False

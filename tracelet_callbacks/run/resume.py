@@ -6,12 +6,15 @@ as ``<file>.tracelet-run.json``): the run hash, the step, and the repo or server
 checkpoint in a new process (``trainer.train(resume_from_checkpoint=...)``, ``resume_from=``) finds
 it, continues that run, and rewinds it to the step (see :mod:`~tracelet_callbacks.sink.rewind`).
 The file holds no setting and no secret.
+
+The run is continued when it is in the repo being written to, however that repo is reached (a
+symlink, a project folder moved with its checkpoints); a run that is not there (deleted, or of
+another repo or server) is one warning and a new run (:func:`checked_point`), never a failed start.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -20,9 +23,15 @@ from typing import Any
 from ..config import TraceletConfig
 from ..errors import say
 
-__all__ = ["IDENTITY_FILE", "ResumePoint", "find_resume_point", "mark_checkpoint"]
-
-log = logging.getLogger("tracelet_callbacks")
+__all__ = [
+    "IDENTITY_FILE",
+    "ResumePoint",
+    "checked_point",
+    "find_resume_point",
+    "mark_checkpoint",
+    "not_on_server",
+    "why_not_here",
+]
 
 #: The file a checkpoint folder carries (``<file>.tracelet-run.json`` beside a checkpoint file).
 IDENTITY_FILE = "tracelet-run.json"
@@ -39,6 +48,85 @@ class ResumePoint:
 def repo_label(config: TraceletConfig) -> str:
     """Where runs of ``config`` live: the server's address or the repo folder."""
     return config.remote_uri or os.path.abspath(config.repo_path)
+
+
+def _same_repo(recorded: Any, config: TraceletConfig) -> bool:
+    """Whether ``recorded`` (a checkpoint's ``repo``) is where ``config`` logs: the same server address,
+    or the same folder however it is spelled or reached (a symlink, a bind mount)."""
+    here = repo_label(config)
+    if recorded == here:
+        return True
+    if config.remote_uri or not isinstance(recorded, str) or "://" in recorded:
+        return False
+    try:
+        return os.path.samefile(recorded, here)
+    except OSError:  # the recorded folder is gone (moved, deleted) or cannot be read
+        return False
+
+
+def _in_local_repo(run_hash: str, repo_path: str) -> bool:
+    """Whether the local repo holds ``run_hash``, read as aim's ``Repo.run_exists`` does (a folder per
+    run under ``.aim/meta/chunks``), so the training process need not import aim to know."""
+    if run_hash.strip() in ("", ".", "..") or os.path.basename(run_hash) != run_hash:
+        return False  # not a run's name, whatever folder it would lead to
+    return os.path.isdir(os.path.join(repo_path, ".aim", "meta", "chunks", run_hash))
+
+
+#: ``(server, run hash)`` of checkpoints' runs a server said it does not hold: no later advice in this
+#: process offers to continue them.
+_NOT_ON_SERVER: set[tuple[str, str]] = set()
+
+
+def not_on_server(run_hash: str, config: TraceletConfig) -> None:
+    """Note that the server ``config`` logs to holds no run ``run_hash`` (see :func:`why_not_here`)."""
+    if config.remote_uri:
+        _NOT_ON_SERVER.add((config.remote_uri, run_hash))
+
+
+def why_not_here(run_hash: str, recorded: Any, config: TraceletConfig) -> str | None:
+    """Why the run ``run_hash``, recorded with repo ``recorded``, cannot be continued where ``config``
+    logs; ``None`` when it can.
+
+    A local repo is asked whether it holds the run: the repo's path at the time says nothing (a repo
+    reached through a symlink, or moved with its project folder, still holds it; a run deleted since
+    does not). A server is asked by the writer only, when the run is opened (``RunLifecycle`` starts a
+    new run when it is not there), so here the recorded address must match.
+
+    >>> import tempfile
+    >>> from tracelet_callbacks.config import resolve
+    >>> folder = tempfile.mkdtemp()
+    >>> why_not_here("0123456789abcdef01234567", folder, resolve({"repo_path": folder}, env={}))
+    'the AIM repo ... holds no such run (deleted?)'
+    >>> os.makedirs(os.path.join(folder, ".aim", "meta", "chunks", "0123456789abcdef01234567"))
+    >>> why_not_here("0123456789abcdef01234567", "/moved/from/here", resolve({"repo_path": folder}, env={}))
+    """
+    here = repo_label(config)
+    if config.remote_uri and (config.remote_uri, run_hash) in _NOT_ON_SERVER:
+        return f"the AIM server {here} holds no such run (deleted?)"
+    if config.remote_uri:  # a file that names no repo (written by hand): the server is asked
+        ok = recorded is None or _same_repo(recorded, config)
+        return None if ok else f"it was logged to {recorded}, not to {here}"
+    if _in_local_repo(run_hash, config.repo_path):
+        return None
+    if _same_repo(recorded, config):
+        return f"the AIM repo {here} holds no such run (deleted?)"
+    return f"it was logged to {recorded}, and the AIM repo {here} holds no such run"
+
+
+def checked_point(
+    point: ResumePoint, recorded: Any, config: TraceletConfig, checkpoint: str | os.PathLike | None
+) -> ResumePoint | None:
+    """``point`` when its run can be continued where ``config`` logs; else ``None`` (a new run) and one
+    warning that says why, so a checkpoint whose run is gone never stops training."""
+    why = why_not_here(point.run_hash, recorded, config)
+    if why is None:
+        return point
+    which = f"checkpoint {os.fspath(checkpoint)}" if checkpoint is not None else "the checkpoint being loaded"
+    say(
+        f"tracelet: {which} belongs to run {point.run_hash}, but {why}: training goes on in a new run "
+        '(resume="never" starts a new run without looking)'
+    )
+    return None
 
 
 def _identity_path(checkpoint: str | os.PathLike) -> str:
@@ -62,8 +150,9 @@ def mark_checkpoint(
 
 
 def find_resume_point(checkpoint: str | os.PathLike | None, config: TraceletConfig) -> ResumePoint | None:
-    """The run that wrote ``checkpoint``, if it says so and lives where ``config`` logs to."""
-    if not checkpoint or "://" in os.fspath(checkpoint):
+    """The run that wrote ``checkpoint``, if it says so and can be continued where ``config`` logs to
+    (see :func:`checked_point`); ``None`` with ``resume="never"``."""
+    if not checkpoint or "://" in os.fspath(checkpoint) or config.resume == "never":
         return None
     try:
         with open(_identity_path(checkpoint), encoding="utf-8") as handle:
@@ -76,12 +165,7 @@ def find_resume_point(checkpoint: str | os.PathLike | None, config: TraceletConf
     if not run_hash.strip():
         say(f"tracelet: {_identity_path(checkpoint)} names no run (an empty run_hash): a new run")
         return None
-    if entry.get("repo") != repo_label(config):
-        log.info(
-            "tracelet: checkpoint %s belongs to a run in %s, not here: a new run",
-            checkpoint,
-            entry.get("repo"),
-        )
+    if checked_point(ResumePoint(run_hash, None), entry.get("repo"), config, checkpoint) is None:
         return None
     step = entry.get("step")
     if not isinstance(step, int) or isinstance(step, bool):

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..config import TraceletConfig
 from ..core import records as rec
-from ..errors import say
+from ..errors import TraceletError, say
 from .contract import Sink
 from .heartbeat import Heartbeat
 from .repo import check_server
@@ -36,7 +36,7 @@ from .rewind import hold_steps
 from .run import AimSink
 from .spool import read_mark, seed_from, write_mark
 
-__all__ = ["ForwardingSink", "aim_sink"]
+__all__ = ["ForwardingSink", "RunNotFound", "aim_sink"]
 
 log = logging.getLogger("tracelet_callbacks")
 
@@ -48,6 +48,11 @@ RETRY_SECS = 1.0
 QUEUE_LIMIT = 200_000
 #: Forwarders replaced after hanging in aim's client before forwarding is given up (``sync`` remains).
 MAX_STUCK = 3
+
+
+class RunNotFound(TraceletError):
+    """The run to continue is neither on the server nor in the spool (deleted, or a hash no run has):
+    its own type, so a trainer continuing a checkpoint's run can start a new run instead of failing."""
 
 
 def _answers(remote_uri: str) -> bool:
@@ -211,6 +216,11 @@ class ForwardingSink(Sink):
                 return False
             raise
         if not on_server:
+            if not in_spool and self.config.resume != "allow":  # aim's own error would name the spool
+                raise RunNotFound(
+                    f"tracelet: could not resume run {run_hash!r}: the AIM server {self.remote_uri} holds "
+                    "no such run, nor does the spool"
+                )
             return not in_spool and self.config.resume == "allow"
         unfinished = read_mark(self.spool_path, run_hash)["seeded"] is False  # a start that was killed
         write_mark(self.spool_path, run_hash, server=self.remote_uri, whole=False)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .heartbeat import BOOKKEEPING, HEARTBEAT_KEY, LEGACY_HEARTBEAT_KEY
-from .storage import index_run, release_storage
 from .spool import open_run
+from .storage import index_run, release_storage
 
 __all__ = ["RunRow", "close_stale", "list_runs", "open_repo", "stale_runs"]
 

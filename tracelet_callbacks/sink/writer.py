@@ -26,15 +26,15 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from typing import Any
 
 from ..config import TraceletConfig
 from ..core import records as rec
-from ..errors import TraceletError, TraceletWarning, say
+from ..errors import TraceletError, say
 from . import wire
 from .buffered import CLOSE_TIMEOUT, BufferedSink, Unavailable
 from .contract import Sink
+from .ownership import hold
 from .watchdog import Watchdog
 
 __all__ = ["ProcessSink", "ThreadSink", "check_address", "check_target", "open_sink", "warm_up"]
@@ -70,14 +70,10 @@ def open_sink(config: TraceletConfig, *, new_run: bool = False) -> Sink:
     try:
         sink.open()
     except OSError as exc:  # no way to start a process here (a sandbox, an embedded interpreter)
-        warnings.warn(
-            f"tracelet: could not start the writer process ({exc}); writing from a thread instead",
-            TraceletWarning,
-            stacklevel=3,
-        )
+        say(f"tracelet: could not start the writer process ({exc}); writing from a thread instead")
         sink = ThreadSink(config, new_run=new_run)
         sink.open()
-    return sink
+    return hold(sink)  # a child forked from here lets go of it (see ownership)
 
 
 def check_address(config: TraceletConfig) -> None:
@@ -234,6 +230,19 @@ def _stop_spare() -> None:
     if worker is not None and worker.owner == os.getpid():
         worker.proc.kill()
         worker.release(wait=5.0)
+
+
+def _forget_spare() -> None:
+    """In a forked child: the spare is the parent's. Only the child's copies of its pipe ends are
+    closed; a run the child opens gets a writer of its own."""
+    global _spare, _spare_lock
+    _spare_lock = threading.Lock()  # a parent's thread may have held it at the fork
+    worker, _spare = _spare, None
+    if worker is not None:
+        worker.release()
+
+
+os.register_at_fork(after_in_child=_forget_spare)
 
 
 class ProcessSink(BufferedSink):
@@ -455,16 +464,14 @@ class ProcessSink(BufferedSink):
         ok, index_error = self._request(wire.Close, status, grace=CLOSE_GRACE)
         if not ok and self._stall is not None and self._fallback is None:
             # storage is stuck: the writer cannot close the run, and it must not outlive the trainer
-            warnings.warn(
+            say(
                 f"tracelet: run {self._hash} was not closed ({self._stall}); its writer was stopped "
-                "and the run stays 'active' until `python -m tracelet_callbacks runs close-stale`",
-                TraceletWarning,
-                stacklevel=4,
+                "and the run stays 'active' until `python -m tracelet_callbacks runs close-stale`"
             )
             self._let_go(keep=False, wait=5.0, kill=True)
             return
         if ok and index_error:
-            warnings.warn(f"tracelet: {index_error}", TraceletWarning, stacklevel=4)
+            say(f"tracelet: {index_error}")
         if self._reader is not None:
             self._reader.join(5.0)
         self._let_go(keep=ok and self._reader is not None and not self._reader.is_alive())
@@ -577,12 +584,10 @@ class ThreadSink(BufferedSink):
                 break
         self._watchdog.stop()
         if closing.is_alive():
-            warnings.warn(
+            say(
                 f"tracelet: run {self._hash} was not closed "
                 f"({self._stall or 'its storage does not answer'}); it stays 'active' until "
-                "`python -m tracelet_callbacks runs close-stale`",
-                TraceletWarning,
-                stacklevel=4,
+                "`python -m tracelet_callbacks runs close-stale`"
             )
 
     def _finish(self, status: str) -> None:

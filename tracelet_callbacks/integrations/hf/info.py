@@ -59,7 +59,11 @@ def resume_point(args: Any, state: Any, config: TraceletConfig) -> ResumePoint |
     """
     if not state.global_step or config.resume == "never" or config.run_hash:
         return None
+    seen: set[str] = set()
     for candidate in (_resume_argument(), checkpoint_folder(args.output_dir, state.global_step)):
+        if candidate is None or os.path.realpath(candidate) in seen:
+            continue  # the argument is usually that folder: a run that is gone is said once
+        seen.add(os.path.realpath(candidate))
         point = find_resume_point(candidate, config)
         if point is not None:
             return ResumePoint(point.run_hash, point.step if point.step is not None else state.global_step)

@@ -90,10 +90,10 @@ class AimLoggerCore(LoggerKeywords):
         trainer, checkpoint = running_trainer(self, self._trainer_type, self._trainer_ref)
         if trainer is not None:
             self._trainer_ref = weakref.ref(trainer)
-        return point_of_checkpoint(checkpoint)
+        return point_of_checkpoint(checkpoint, self._config)  # a run that is gone: a new one
 
     def _opened(self) -> Experiment:
-        return self._live().open()  # a checkpoint's run missing from this repo is an error here
+        return self._live().open()  # a bad repo or a server that is down fails here
 
     def _translator(self) -> Translator | None:
         return self._live().open().translator
@@ -181,7 +181,7 @@ class AimLoggerCore(LoggerKeywords):
         if (trainer := attached_trainer(model)) is None:
             return
         self._trainer_ref = weakref.ref(trainer)
-        if (message := foreign_checkpoint(trainer, self._config.run_hash, self.version)) is not None:
+        if (message := foreign_checkpoint(trainer, self._config, self.version)) is not None:
             self._warn("checkpoint run", message)
         stage = getattr(getattr(trainer, "state", None), "fn", None)
         fitting = getattr(stage, "value", stage) == "fit"

@@ -14,7 +14,8 @@ import os
 import sys
 from typing import Any
 
-from ...run.resume import ResumePoint, repo_label
+from ...config import TraceletConfig
+from ...run.resume import ResumePoint, checked_point, repo_label, why_not_here
 from .info import checkpoint_files
 
 __all__ = [
@@ -73,17 +74,26 @@ def _read_index(path: str) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def point_of_checkpoint(checkpoint: Any) -> ResumePoint | None:
-    """The run that wrote ``checkpoint`` and its step then, from the index beside it."""
+def _entry_of(checkpoint: Any) -> dict[str, Any] | None:
+    """The index entry of ``checkpoint`` (its run, step and repo) when it names a run."""
     if not checkpoint or not isinstance(checkpoint, (str, os.PathLike)) or "://" in str(checkpoint):
         return None
     path = os.fspath(checkpoint)
     entry = _read_index(os.path.join(os.path.dirname(path), CHECKPOINT_INDEX)).get(os.path.basename(path))
-    run_hash = entry.get("run_hash") if isinstance(entry, dict) else None
-    if not isinstance(run_hash, str):
+    return entry if isinstance(entry, dict) and isinstance(entry.get("run_hash"), str) else None
+
+
+def point_of_checkpoint(checkpoint: Any, config: TraceletConfig | None = None) -> ResumePoint | None:
+    """The run that wrote ``checkpoint`` and its step then, from the index beside it. With ``config``:
+    only a run to continue where ``config`` logs (else ``None``, and one warning when the run is gone)."""
+    entry = _entry_of(checkpoint)
+    if entry is None or (config is not None and config.resume == "never"):
         return None
     step = entry.get("step")
-    return ResumePoint(run_hash, step if isinstance(step, int) and not isinstance(step, bool) else None)
+    point = ResumePoint(
+        entry["run_hash"], step if isinstance(step, int) and not isinstance(step, bool) else None
+    )
+    return point if config is None else checked_point(point, entry.get("repo"), config, checkpoint)
 
 
 def run_of_checkpoint(checkpoint: Any) -> str | None:
@@ -128,10 +138,15 @@ def running_trainer(logger: Any, trainer_type: type | None, known: Any = None) -
     return trainer, getattr(trainer, "ckpt_path", None)
 
 
-def foreign_checkpoint(trainer: Any, run_hash_setting: str | None, version: str | None) -> str | None:
-    """What to say when the checkpoint a trainer loads belongs to another run than the logger's."""
-    recorded = run_of_checkpoint(getattr(trainer, "ckpt_path", None))
-    if not recorded or run_hash_setting is not None or recorded == version:
+def foreign_checkpoint(trainer: Any, config: TraceletConfig, version: str | None) -> str | None:
+    """What to say when the checkpoint a trainer loads belongs to another run than the logger's, and
+    that run could have been continued: not with ``run_hash`` or ``resume="never"`` (the run to write
+    was chosen), nor when the checkpoint's run is not where ``config`` logs (nothing to continue)."""
+    entry = _entry_of(getattr(trainer, "ckpt_path", None))
+    recorded = entry["run_hash"] if entry is not None else None
+    if not recorded or config.run_hash is not None or config.resume == "never" or recorded == version:
+        return None
+    if why_not_here(recorded, entry.get("repo"), config) is not None:
         return None
     return (
         f"tracelet: the checkpoint being loaded belongs to AIM run {recorded}, but this logger already "
