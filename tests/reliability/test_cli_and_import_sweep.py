@@ -15,7 +15,6 @@ import os
 import random
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +27,14 @@ import aim  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from conftest import series  # noqa: E402
-from tracelet_callbacks import TraceletWarning  # noqa: E402
+from test_import_tensorboard import _import  # noqa: E402  (one import in this process, its warnings)
 from tracelet_callbacks.config import resolve  # noqa: E402
 from tracelet_callbacks.integrations.tensorboard.importer import (  # noqa: E402
-    ImportReport,
     TensorBoardImporter,
 )
 
 CLI = [sys.executable, "-m", "tracelet_callbacks"]
 VAL = {"subset": "val"}
-
-
-def _import(logdir: Path, repo: Path) -> tuple[ImportReport, list[str]]:
-    """One in-process import, as the command makes it without ``--follow``: its report and warnings.
-    aim's cache of run hashes is emptied first, so a second import finds the first one's run."""
-    from aim.sdk.repo import Repo
-
-    Repo._all_run_hashes.cache_clear()
-    importer = TensorBoardImporter(str(logdir), resolve(kwargs={"repo_path": str(repo), "writer": "thread"}))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            importer.run_once()
-        finally:
-            importer.close()
-    return importer.report, [str(w.message) for w in caught if issubclass(w.category, TraceletWarning)]
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
