@@ -30,6 +30,7 @@ from typing import Any
 
 from .buffered import BufferedSink, Unavailable
 from .contract import Sink
+from .storage import abandon_storage, forget_at_exit  # aim itself only when a run is abandoned
 
 __all__ = ["disown", "hold"]
 
@@ -58,11 +59,9 @@ def disown(sink: Any) -> None:
             disown(inner)
     run = getattr(sink, "_run", None)
     if run is not None:  # an AimSink's aim.Run: aim's exit hooks would close it from here
-        from .storage import abandon_storage  # aim is imported already: the run exists
-
         abandon_storage(run)
-        _no_exit_hook(getattr(run, "repo", None))  # a server's client would disconnect the parent's
-    _no_exit_hook(getattr(sink, "_server", None))  # the forwarder's client of the server
+        forget_at_exit(getattr(run, "repo", None))  # a server's client would disconnect the parent's
+    forget_at_exit(getattr(sink, "_server", None))  # the forwarder's client of the server
     if isinstance(sink, BufferedSink):
         # a parent's thread may have held these at the fork: a copy of a held lock is never released
         sink._ship_lock = threading.RLock()
@@ -75,13 +74,6 @@ def disown(sink: Any) -> None:
         sink._closed = True
     elif hasattr(sink, "_closed") and run is not None:
         sink._closed = True
-
-
-def _no_exit_hook(holder: Any) -> None:
-    """Take an aim object (a ``Repo``) off aim's close-at-exit list in this process."""
-    finalizer = getattr(getattr(holder, "_resources", None), "finalizer", None)
-    if finalizer is not None:
-        finalizer.detach()
 
 
 _ends_with_exit = False

@@ -12,7 +12,7 @@ from typing import Any
 from ..config import TraceletConfig
 from .repo import check_server
 
-__all__ = ["abandon_storage", "find_run", "index_run", "release_storage"]
+__all__ = ["abandon_storage", "find_run", "forget_at_exit", "index_run", "release_storage"]
 
 log = logging.getLogger("tracelet_callbacks")
 
@@ -33,7 +33,7 @@ def release_storage(repo: Any, run_hash: str) -> None:
                 container.close()
             except Exception as exc:  # its files are gone (the repo was deleted): let it go unclosed
                 log.warning("tracelet: could not close the storage of run %s: %r", run_hash, exc)
-                _unregister(container)
+                forget_at_exit(container)
 
 
 def abandon_storage(run: Any) -> None:
@@ -45,11 +45,12 @@ def abandon_storage(run: Any) -> None:
     if not run.repo.is_remote_repo:
         holders += [c for config, c in list(run.repo.container_pool.items()) if config.sub == run.hash]
     for holder in holders:
-        _unregister(holder)
+        forget_at_exit(holder)
 
 
-def _unregister(holder: Any) -> None:
-    """Take ``holder`` (an ``aim.Run`` or a storage container) off aim's close-at-exit list."""
+def forget_at_exit(holder: Any) -> None:
+    """Take ``holder`` (an ``aim.Run``, a ``Repo`` or a storage container) off aim's close-at-exit list
+    in this process (``None`` and objects without one are left as they are)."""
     finalizer = getattr(getattr(holder, "_resources", None), "finalizer", None)
     if finalizer is not None:
         finalizer.detach()
