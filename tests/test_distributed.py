@@ -174,6 +174,7 @@ HF_JOB = """
 
     from hf_helpers import TokenDataset, tiny_args, tiny_bert
     from tracelet_callbacks import TraceletCallback
+    from rank_exit import leave
 
     callback = TraceletCallback(repo_path=sys.argv[1], experiment_name="hf-ddp", run_name="hf-ddp")
     args = tiny_args(os.path.join(os.getcwd(), "out"), ddp_backend="gloo", max_steps=3)
@@ -182,6 +183,7 @@ HF_JOB = """
     hash_ = callback.run_hash if trainer.is_world_process_zero() else None
     with open(f"report-{args.process_index}.txt", "w") as report:
         print(args.world_size, trainer.state.global_step, hash_, file=report)
+    leave()  # see tests/rank_exit.py: torch's gloo teardown can abort a rank
 """
 
 
@@ -201,6 +203,7 @@ ACCELERATE_JOB = """
     from accelerate import Accelerator
 
     from tracelet_callbacks import TraceletAimTracker
+    from rank_exit import leave
 
     tracker = TraceletAimTracker("accelerate-ddp", repo_path=sys.argv[1], experiment_name="acc-ddp")
     accelerator = Accelerator(cpu=True, log_with=[tracker])
@@ -222,6 +225,7 @@ ACCELERATE_JOB = """
     hash_ = tracker.tracker.hash if accelerator.is_main_process else None
     with open(f"report-{accelerator.process_index}.txt", "w") as report:
         print(accelerator.num_processes, step + 1, hash_, accelerator.distributed_type.value, file=report)
+    leave()  # see tests/rank_exit.py: torch's gloo teardown can abort a rank
 """
 
 
@@ -292,6 +296,7 @@ TORCHRUN_SYSTEM_JOB = """
     import torch.distributed as dist
 
     import tracelet_callbacks as tracelet
+    from rank_exit import leave
     from tracelet_callbacks.run.monitor import monitor
 
     dist.init_process_group("gloo")
@@ -328,6 +333,7 @@ TORCHRUN_SYSTEM_JOB = """
     with open(f"report-{rank}.txt", "w") as report:
         print(dist.get_world_size(), step, hash_, system.dropped, file=report)
     dist.destroy_process_group()
+    leave()  # see tests/rank_exit.py: torch's gloo teardown can abort a rank
 """
 
 
@@ -355,6 +361,7 @@ TORCHRUN_TWO_RUNS_JOB = """
     import torch.distributed as dist
 
     import tracelet_callbacks as tracelet
+    from rank_exit import leave
     from tracelet_callbacks.run.monitor import monitor
 
     GAP_INTERVALS = 6
@@ -415,6 +422,7 @@ TORCHRUN_TWO_RUNS_JOB = """
     with open(f"report-{rank}.txt", "w") as report:
         print(hash_1, hash_2, ended, started, after_first, before_second, system.dropped, file=report)
     dist.destroy_process_group()
+    leave()  # see tests/rank_exit.py: torch's gloo teardown can abort a rank
 """
 
 

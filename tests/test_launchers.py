@@ -187,6 +187,7 @@ TORCHRUN_JOB = """
     from torch.utils.tensorboard import SummaryWriter
 
     import tracelet_callbacks as tracelet
+    from rank_exit import leave
 
     target, experiment = sys.argv[1:3]
     where = {"remote_uri": target} if target.startswith("aim://") else {"repo_path": target}
@@ -217,6 +218,7 @@ TORCHRUN_JOB = """
     with open(f"report-{rank}.json", "w") as report:
         json.dump({"world": dist.get_world_size(), "hash": hash_, "losses": losses}, report)
     dist.destroy_process_group()
+    leave()  # see tests/rank_exit.py: torch's gloo teardown can abort a rank
 """
 
 
@@ -246,6 +248,7 @@ ACCELERATE_JOB = """
     from accelerate import Accelerator
 
     from tracelet_callbacks import TraceletAimTracker
+    from rank_exit import leave
 
     target, experiment = sys.argv[1:3]
     where = {"remote_uri": target} if target.startswith("aim://") else {"repo_path": target}
@@ -271,6 +274,7 @@ ACCELERATE_JOB = """
     with open(f"report-{accelerator.process_index}.json", "w") as report:
         world, kind = accelerator.num_processes, accelerator.distributed_type.value
         json.dump({"world": world, "kind": kind, "hash": hash_, "losses": losses}, report)
+    leave()  # see tests/rank_exit.py: torch's gloo teardown can abort a rank
 """
 
 
