@@ -13,6 +13,8 @@ The forking happens in a script of its own, so that pytest's process is never fo
 from __future__ import annotations
 
 import json
+import os
+import signal
 import logging
 import subprocess
 import sys
@@ -223,3 +225,53 @@ def test_a_notice_is_one_warning_at_the_users_line_and_no_log_line(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert second.hash == first.hash
     assert series(repo_dir, "loss", {}, first.hash) == {**{s: float(s) for s in range(5)}, 5: 50.0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("writer", ["process", "thread", "sync"])
+def test_a_failed_write_is_one_warning_at_the_users_line_and_no_log_line(
+    writer: str, repo_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: a log line ("writing to AIM failed: ...") and a warning pointing into sink/run.py or
+    # sink/buffered.py. A record aim refuses (an int beyond int64), handed to the sink as it sees one.
+    from tracelet_callbacks.core import records as rec
+
+    exp = tracelet.Experiment(writer=writer, system_tracking_interval=None)
+    with (
+        caplog.at_level(logging.DEBUG, logger="tracelet_callbacks"),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        exp.translator.sink.submit([rec.Params("raw", {"big": 2**70})])
+        exp.flush()
+        exp.log_metric("loss", 1.0, iteration=0)
+        exp.close()
+    told = [w for w in caught if issubclass(w.category, tracelet.TraceletWarning)]
+    assert len(told) == 1 and "writing to AIM failed" in str(told[0].message), [str(w.message) for w in told]
+    assert told[0].filename == __file__
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert series(repo_dir, "loss", {}, exp.hash) == {0: 1.0}  # the run goes on after it
+
+
+@pytest.mark.slow
+def test_a_killed_writer_is_one_warning_at_the_users_line_and_no_log_line(
+    repo_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    exp = tracelet.Experiment(writer="process", system_tracking_interval=None, flush_secs=600)
+    exp.log_metric("loss", 1.0, iteration=0)
+    exp.flush()
+    with (
+        caplog.at_level(logging.DEBUG, logger="tracelet_callbacks"),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        os.kill(exp._sink._proc.pid, signal.SIGKILL)
+        exp._sink._proc.wait()
+        exp.log_metric("loss", 2.0, iteration=1)
+        exp.flush()
+        exp.close()
+    told = [w for w in caught if issubclass(w.category, tracelet.TraceletWarning)]
+    assert len(told) == 1 and "the AIM writer stopped" in str(told[0].message), [str(w.message) for w in told]
+    assert told[0].filename == __file__
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert series(repo_dir, "loss", {}, exp.hash) == {0: 1.0, 1: 2.0}

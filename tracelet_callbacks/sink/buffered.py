@@ -8,14 +8,13 @@ import logging
 import operator
 import threading
 import time
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
 from ..config import TraceletConfig
 from ..core import records as rec
 from ..core.values import resolve_deferred
-from ..errors import TraceletError, TraceletWarning, say
+from ..errors import TraceletError, say
 from .contract import Sink
 from .watchdog import is_disk_full
 
@@ -222,10 +221,7 @@ class BufferedSink(Sink):
             self._reported = self._reported or bool(report)
             self._told_full = self._told_full or full
         if report:  # said before the batch counts as done, so a flush() that waited for it has seen it
-            log.error("tracelet: writing to AIM failed: %s (training goes on)", error)
-            warnings.warn(
-                f"tracelet: writing to AIM failed ({error}); training goes on", TraceletWarning, stacklevel=2
-            )
+            say(f"tracelet: writing to AIM failed ({error}); training goes on")
         with self._acked:
             self._in_flight.pop(seq, None)
             self._failures = max(self._failures, failures)
@@ -254,19 +250,14 @@ class BufferedSink(Sink):
         with self._ship_lock, self._acked:
             if self._fallback is not None or (self._closed and self.status is not None):
                 return
-            log.error("tracelet: the AIM writer stopped (%s); writing from the training process now", reason)
-            warnings.warn(
+            say(
                 f"tracelet: the AIM writer stopped ({reason}); logging goes on from this process, "
-                "nothing acknowledged or pending is lost",
-                TraceletWarning,
-                stacklevel=2,
+                "nothing acknowledged or pending is lost"
             )
             try:
                 sink = self._take_over()
             except Exception as exc:
-                log.error(
-                    "tracelet: cannot write to AIM from this process either (%s); values are dropped", exc
-                )
+                say(f"tracelet: cannot write to AIM from this process either ({exc}); values are dropped")
                 sink = Unavailable(str(exc))
             for seq in sorted(self._in_flight):
                 sink.submit(self._replay(self._in_flight[seq]))

@@ -294,12 +294,7 @@ class AimSink(Sink):
         else:
             self.last_error = f"{type(record).__name__}: {exc!r}"
         if self._failures == 1 or full:
-            log.error("tracelet: writing to AIM failed: %s (training goes on)", self.last_error)
-            warnings.warn(
-                f"tracelet: writing to AIM failed ({self.last_error}); training goes on",
-                TraceletWarning,
-                stacklevel=4,
-            )
+            say(f"tracelet: writing to AIM failed ({self.last_error}); training goes on")
 
     def _resumed(self, run: Any, record: rec.Resumed) -> None:
         from .rewind import rewind
