@@ -211,3 +211,33 @@ def test_hf_train_from_a_checkpoint_whose_run_is_not_on_the_server_goes_on(
     # the server's repo, read once the server has let go of it
     assert sorted(series(folder, "loss", {"subset": "train"}, second)) == [3, 4, 5, 6]
     assert read_run(folder, second)["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_plain_resume_from_whose_run_is_not_on_the_server_goes_on(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Before: start_logging(resume_from=...) raised TraceletError naming the server at start.
+    from test_remote import running_server
+
+    checkpoint = tmp_path / "ckpt"
+    with running_server(tmp_path_factory.mktemp("server")) as (uri, folder):
+        first = tracelet.Experiment(remote_uri=uri, **QUIET)
+        first.log_metric("loss", 1.0, iteration=0)
+        checkpoint.mkdir()
+        first.mark_checkpoint(checkpoint, step=0)
+        first.close()
+        bogus = _gone(folder, checkpoint, first.hash, "bogus")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            second = tracelet.start_logging(
+                exp_name="after", config={"remote_uri": uri, "resume_from": str(checkpoint), **QUIET}
+            )
+            second.log_metric("loss", 9.0, iteration=3)
+            tracelet.stop_logging()
+        said = [text for text in _ours(caught) if bogus in text]
+        assert len(said) == 1 and 'resume="never"' in said[0] and uri in said[0], _ours(caught)
+        assert second.hash not in (first.hash, bogus)
+    assert series(folder, "loss", {}, second.hash) == {3: 9.0}
+    run = read_run(folder, second.hash)
+    assert (run["status"], run.name) == ("finished", "after")

@@ -28,7 +28,14 @@ from ..core.translator import Translator
 from ..errors import TraceletError, TraceletWarning, say
 from . import exits
 from .monitor import SystemMonitor, monitor
-from .resume import ResumePoint, find_resume_point, mark_checkpoint
+from .resume import (
+    ResumePoint,
+    checked_point,
+    find_resume_point,
+    mark_checkpoint,
+    not_on_server,
+    run_not_found,
+)
 from .terminal import TerminalCapture
 from .watch import Watchers
 
@@ -97,8 +104,21 @@ class Experiment:
             # the sink imports aim: keep that off `import tracelet_callbacks`
             from ..sink.writer import open_sink
 
+            asked = self.config
             self._name_run()
-            sink = open_sink(self.config, new_run=self._new_run)
+            try:
+                sink = open_sink(self.config, new_run=self._new_run)
+            except TraceletError as exc:
+                if not self._found_here(asked) or not run_not_found(exc):
+                    raise
+                # the server holds no run of the checkpoint found here (deleted, a bogus hash): one
+                # warning and a new run, as the adapters do, never a failed start
+                point, self.resume_point = self.resume_point, None
+                not_on_server(point.run_hash, asked)
+                checked_point(point, asked.remote_uri, asked, asked.resume_from)
+                self.config = asked.replace(run_hash=rec.new_run_hash(), resume="allow")
+                self._new_run = True
+                sink = open_sink(self.config, new_run=True)
             if self.resume_point is not None:
                 sink.submit([rec.Resumed(self.resume_point.step, keep=self.config.resume == "append")])
             self._sink = sink
@@ -130,6 +150,12 @@ class Experiment:
         if not self.config.run_hash and self.config.sink_factory is None:
             self.config = self.config.replace(run_hash=rec.new_run_hash(), resume="allow")
             self._new_run = True
+
+    def _found_here(self, asked: TraceletConfig) -> bool:
+        """Whether this run is the one a ``resume_from`` checkpoint named (read by :meth:`_name_run`
+        from ``asked``, the settings before that), rather than one an adapter or the caller chose."""
+        point = self.resume_point
+        return point is not None and not asked.run_hash and self.config.run_hash == point.run_hash
 
     @property
     def new_run(self) -> bool:

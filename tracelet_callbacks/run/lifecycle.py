@@ -41,7 +41,7 @@ from ..core.records import new_run_hash, normalise_status
 from ..errors import TraceletError
 from .experiment import Experiment, RunHandle, opened_here
 from .ranks import launched_as_rank_zero
-from .resume import ResumePoint, checked_point, not_on_server
+from .resume import ResumePoint, checked_point, not_on_server, run_not_found
 from .watch import Watchers
 
 __all__ = ["RunLifecycle"]
@@ -108,7 +108,7 @@ class RunLifecycle:
         try:
             return exp.open()  # any other failure is the caller's, as it was before: ``exp`` stays
         except TraceletError as exc:
-            if not _run_not_found(exc):
+            if not run_not_found(exc):
                 raise
         not_on_server(point.run_hash, self.config)
         checked_point(point, self.config.remote_uri, self.config, None)  # says why a new run starts
@@ -334,14 +334,3 @@ class RunLifecycle:
         state["_exp"] = state["_stand_in"] = state["_ended_exp"] = None
         state["_watchers"] = Watchers()  # hooks belong to the model in this process
         return state
-
-
-def _run_not_found(exc: BaseException | None) -> bool:
-    """Whether ``exc``, or the error it was raised from (the writer process's), says the run is gone."""
-    from ..sink.forward import RunNotFound  # no aim import: the class only
-
-    while exc is not None:
-        if isinstance(exc, RunNotFound):
-            return True
-        exc = exc.__cause__
-    return False

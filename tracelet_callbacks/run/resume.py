@@ -30,6 +30,7 @@ __all__ = [
     "find_resume_point",
     "mark_checkpoint",
     "not_on_server",
+    "run_not_found",
     "why_not_here",
 ]
 
@@ -81,6 +82,18 @@ def not_on_server(run_hash: str, config: TraceletConfig) -> None:
     """Note that the server ``config`` logs to holds no run ``run_hash`` (see :func:`why_not_here`)."""
     if config.remote_uri:
         _NOT_ON_SERVER.add((config.remote_uri, run_hash))
+
+
+def run_not_found(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an error it was raised from (the writer process's), says the server holds
+    no such run."""
+    from ..sink.forward import RunNotFound  # no aim import: the class only
+
+    while exc is not None:
+        if isinstance(exc, RunNotFound):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def why_not_here(run_hash: str, recorded: Any, config: TraceletConfig) -> str | None:
