@@ -13,9 +13,9 @@ The forking happens in a script of its own, so that pytest's process is never fo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
-import logging
 import subprocess
 import sys
 import warnings
@@ -275,3 +275,41 @@ def test_a_killed_writer_is_one_warning_at_the_users_line_and_no_log_line(
     assert told[0].filename == __file__
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert series(repo_dir, "loss", {}, exp.hash) == {0: 1.0, 1: 2.0}
+
+
+#: A child forked while the parent's run is open opens a run of its own and leaves it open: its exit
+#: must close it as any script's exit does.
+CHILD_LEAVES_ITS_RUN_OPEN = r"""
+import json, os, sys
+import tracelet_callbacks as tracelet
+
+parent = tracelet.Experiment(repo_path=".", run_name="parent", system_tracking_interval=None)
+parent.log_metric("loss", 1.0, iteration=0)
+pid = os.fork()
+if pid == 0:
+    own = tracelet.Experiment(repo_path=".", run_name="child", system_tracking_interval=None)
+    own.log_metric("loss", -1.0, iteration=0)
+    sys.exit(0)  # no close(): the exit handler closes the child's own run
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+parent.log_metric("loss", 2.0, iteration=1)
+parent.close()
+print(json.dumps({"code": code}))
+"""
+
+
+@pytest.mark.slow
+def test_a_forked_childs_own_run_left_open_is_closed_finished_at_its_exit(repo_dir: Path) -> None:
+    # Before: the exit handler kept its first owner's pid, so it closed nothing in the child and the
+    # child's run ended "killed" (its writer saw the child vanish).
+    script = repo_dir / "child_run.py"
+    script.write_text(CHILD_LEAVES_ITS_RUN_OPEN)
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=repo_dir, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0 and json.loads(done.stdout.splitlines()[-1])["code"] == 0, done.stderr
+    runs = {run.name: run.hash for run in open_repo(repo_dir).iter_runs()}
+    assert sorted(runs) == ["child", "parent"]
+    assert read_run(repo_dir, runs["child"])["status"] == "finished"
+    assert read_run(repo_dir, runs["parent"])["status"] == "finished"
+    assert series(repo_dir, "loss", {}, runs["child"]) == {0: -1.0}
+    assert series(repo_dir, "loss", {}, runs["parent"]) == {0: 1.0, 1: 2.0}

@@ -241,3 +241,24 @@ def test_a_plain_resume_from_whose_run_is_not_on_the_server_goes_on(
     assert series(folder, "loss", {}, second.hash) == {3: 9.0}
     run = read_run(folder, second.hash)
     assert (run["status"], run.name) == ("finished", "after")
+
+
+@pytest.mark.slow
+def test_a_negative_step_in_lightnings_checkpoint_index_continues_the_run_unrewound(repo_dir: Path) -> None:
+    # Before: the run was rewound to step -5, so every point the first attempt logged was removed.
+    from tracelet_callbacks.integrations.lightning.resume import CHECKPOINT_INDEX
+
+    repo, folder = repo_dir / "repo", repo_dir / "ckpts"
+    first = _lightning(repo, folder, 4, None)
+    (checkpoint,) = [path for path in folder.glob("*.ckpt") if "step=2" in path.name]
+    index = folder / CHECKPOINT_INDEX
+    entries = json.loads(index.read_text())
+    entries[checkpoint.name]["step"] = -5
+    index.write_text(json.dumps(entries))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        second = _lightning(repo, folder, 6, str(checkpoint))
+    said = [text for text in _ours(caught) if "step -5" in text]
+    assert len(said) == 1 and first in said[0] and "unrewound" in said[0], _ours(caught)
+    assert second == first
+    assert sorted(series(repo, "step_seen", {"subset": "train"}, first)) == [0, 1, 2, 3, 4, 5]

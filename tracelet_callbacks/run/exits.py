@@ -128,9 +128,22 @@ def forget(item: _Closable) -> None:
         _open.discard(item)
 
 
+def _after_fork_in_child() -> None:
+    """A forked child closes at its exit only the runs it opens itself: its parent's are the parent's
+    (:mod:`~tracelet_callbacks.sink.ownership`), and a run of its own is not left to end ``killed``."""
+    global _owner_pid, _lock, _exit_status
+    _lock = threading.Lock()  # a parent's thread may have held it at the fork
+    _open.clear()
+    _owner_pid = os.getpid()
+    _exit_status = "finished"
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def close_all(status: str) -> None:
     if os.getpid() != _owner_pid:
-        return  # a forked child (DataLoader worker ...) must not close its parent's runs
+        return  # forked by native code, past Python's fork hooks: the runs are the parent's
     for item in list(_open):
         try:
             item.close(status)

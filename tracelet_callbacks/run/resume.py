@@ -30,6 +30,7 @@ __all__ = [
     "find_resume_point",
     "mark_checkpoint",
     "not_on_server",
+    "recorded_step",
     "run_not_found",
     "why_not_here",
 ]
@@ -180,10 +181,15 @@ def find_resume_point(checkpoint: str | os.PathLike | None, config: TraceletConf
         return None
     if checked_point(ResumePoint(run_hash, None), entry.get("repo"), config, checkpoint) is None:
         return None
-    step = entry.get("step")
+    return ResumePoint(run_hash, recorded_step(entry.get("step"), _identity_path(checkpoint), run_hash))
+
+
+def recorded_step(step: Any, where: str, run_hash: str) -> int | None:
+    """The step a checkpoint's file (``where``) records, to rewind run ``run_hash`` to: ``None`` when
+    it records none, or (with one warning) one that would rewind the whole run, a negative step."""
     if not isinstance(step, int) or isinstance(step, bool):
-        step = None
-    elif step < 0:  # would rewind the whole run
-        say(f"tracelet: {_identity_path(checkpoint)} holds step {step}: run {run_hash} continues unrewound")
-        step = None
-    return ResumePoint(run_hash, step)
+        return None
+    if step < 0:
+        say(f"tracelet: {where} holds step {step}: run {run_hash} continues unrewound")
+        return None
+    return step

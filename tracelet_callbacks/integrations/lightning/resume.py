@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from ...config import TraceletConfig
-from ...run.resume import ResumePoint, checked_point, repo_label, why_not_here
+from ...run.resume import ResumePoint, checked_point, recorded_step, repo_label, why_not_here
 from .info import checkpoint_files
 
 __all__ = [
@@ -89,11 +89,17 @@ def point_of_checkpoint(checkpoint: Any, config: TraceletConfig | None = None) -
     entry = _entry_of(checkpoint)
     if entry is None or (config is not None and config.resume == "never"):
         return None
-    step = entry.get("step")
-    point = ResumePoint(
-        entry["run_hash"], step if isinstance(step, int) and not isinstance(step, bool) else None
-    )
-    return point if config is None else checked_point(point, entry.get("repo"), config, checkpoint)
+    run_hash, step = entry["run_hash"], entry.get("step")
+    if config is None:
+        return ResumePoint(run_hash, step if _is_step(step) else None)
+    if checked_point(ResumePoint(run_hash, None), entry.get("repo"), config, checkpoint) is None:
+        return None
+    index = os.path.join(os.path.dirname(os.fspath(checkpoint)), CHECKPOINT_INDEX)
+    return ResumePoint(run_hash, recorded_step(step, index, run_hash))  # a negative step: one warning
+
+
+def _is_step(step: Any) -> bool:
+    return isinstance(step, int) and not isinstance(step, bool) and step >= 0
 
 
 def run_of_checkpoint(checkpoint: Any) -> str | None:
