@@ -13,6 +13,7 @@ Issue 24's defects, each against a real ``aim server`` on 127.0.0.1 and real pro
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -351,3 +352,75 @@ def test_an_address_that_is_not_an_aim_server_fails_at_construction(
     down = "aim://127.0.0.1:9"  # nothing listens there
     tracelet.TraceletAimLogger(remote_uri=down)
     tracelet.Experiment(remote_uri=down)
+
+
+#: One member of a team: logs ``STEPS`` steps of 4 metrics to the server, then stops.
+TEAM_JOB = """
+import json, sys
+import tracelet_callbacks as tracelet
+
+uri, member, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+exp = tracelet.start_logging(
+    exp_name=f"member-{member}", project="team", config={"remote_uri": uri, "system_tracking_interval": None}
+)
+for step in range(steps):
+    exp.log_metrics({f"m{i}": member * 1000.0 + step + i / 10 for i in range(4)}, step=step)
+tracelet.stop_logging()
+print(json.dumps({"member": member, "hash": exp.hash}))
+"""
+
+#: Reads every run of ``sys.argv[2:]`` from the server's repo folder ``sys.argv[1]``, in one process.
+READ_TEAM = """
+import json, sys
+import aim
+
+repo = aim.Repo.from_path(sys.argv[1])
+found = {}
+for run_hash in sys.argv[2:]:
+    run = aim.Run(run_hash, repo=repo, read_only=True)
+    series = {}
+    for metric in run.metrics():
+        steps, (values, *_rest) = metric.data.items_list()
+        series[metric.name] = [list(map(int, steps)), list(values)]
+    found[run_hash] = {"name": run.name, "status": run.get("status"), "active": run.active, "series": series}
+print(json.dumps(found))
+"""
+
+
+def test_eight_jobs_logging_into_one_server_at_once_keep_every_value(server: Server, tmp_path: Path) -> None:
+    """Eight trainers started together, each its own process with its own writer and spool, all
+    logging into one ``aim server``: every value of every job is on the server, in its own run."""
+    steps, members = 500, 8
+    script = tmp_path / "member.py"
+    script.write_text(TEAM_JOB)
+    jobs = []
+    for member in range(members):
+        folder = tmp_path / f"member{member}"  # each its own working folder, as on its own node
+        folder.mkdir()
+        command = [sys.executable, str(script), server.uri, str(member), str(steps)]
+        jobs.append(
+            subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    hashes = {}
+    for member, job in enumerate(jobs):
+        out, err = job.communicate(timeout=600)
+        assert job.returncode == 0, err[-3000:]
+        assert "tracelet" not in err, err[-3000:]  # nothing was dropped, stalled or failed
+        hashes[member] = json.loads(out.strip().splitlines()[-1])["hash"]
+    assert len(set(hashes.values())) == members
+
+    read = subprocess.run(
+        [sys.executable, "-c", READ_TEAM, str(server.folder), *hashes.values()],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert read.returncode == 0, read.stderr[-3000:]
+    runs = json.loads(read.stdout.strip().splitlines()[-1])
+    for member, run_hash in hashes.items():
+        run = runs[run_hash]
+        assert (run["name"], run["status"], run["active"]) == (f"member-{member}", "finished", False)
+        assert sorted(run["series"]) == ["m0", "m1", "m2", "m3"]
+        for i in range(4):
+            logged = [member * 1000.0 + step + i / 10 for step in range(steps)]
+            assert run["series"][f"m{i}"] == [list(range(steps)), logged], (member, i)
