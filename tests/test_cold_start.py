@@ -200,3 +200,33 @@ def test_a_run_the_writer_cannot_make_is_told_not_lost_silently(repo_dir: Path, 
     with pytest.warns(TraceletWarning, match="values logged to this run are dropped"):
         exp.log_metric("train/loss", 0.5, 1)
         exp.close()
+
+
+#: In a fresh process, as the writer starts: FastAPI stays unimported through ``import aim``, and what
+#: aim's code holds of it (the error handlers' ``JSONResponse``) and FastAPI itself still work.
+DEFERRED_WEB_FRAMEWORK = """
+import sys
+from tracelet_callbacks.sink import worker
+
+worker._defer_web_framework()
+import aim
+from aim.sdk.run import Run  # what the writer uses
+assert "fastapi" not in sys.modules, "import aim loaded FastAPI"
+from aim.ext.utils import JSONResponse
+response = JSONResponse({"detail": "x"}, status_code=500)
+assert (type(response).__name__, response.status_code) == ("JSONResponse", 500)
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, JSONResponse as Real
+assert FastAPI().router is not None and HTMLResponse.media_type == "text/html"
+assert isinstance(response, Real)
+print("ok")
+"""
+
+
+def test_the_writer_imports_aim_without_its_web_framework_and_it_still_works() -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", DEFERRED_WEB_FRAMEWORK], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
