@@ -534,7 +534,12 @@ class ForwardingSink(Sink):
     def _send(self, live: AimSink, items: list, generation: int) -> None:
         records = [item for item in items if type(item) is not _StoredArtifact]
         if records:
+            failed = live.failures
             live.submit(records)
+            if live.failures != failed:
+                # a write the server did not take (it went away mid-call: a read before a merge, a
+                # request aim's client gave up on) is in the spool: catching up sends it from there
+                raise RuntimeError(f"a write did not reach the server: {live.last_error}")
             for record in records:
                 if type(record) is rec.Resumed and record.step is not None and not record.keep:
                     self._rewound(record.step)
