@@ -28,14 +28,7 @@ from ..core.translator import Translator
 from ..errors import TraceletError, TraceletWarning, say
 from . import exits
 from .monitor import SystemMonitor, monitor
-from .resume import (
-    ResumePoint,
-    checked_point,
-    find_resume_point,
-    mark_checkpoint,
-    not_on_server,
-    run_not_found,
-)
+from .resume import ResumePoint, find_resume_point, gone_from_server, mark_checkpoint, run_not_found
 from .terminal import TerminalCapture
 from .watch import Watchers
 
@@ -114,8 +107,7 @@ class Experiment:
                 # the server holds no run of the checkpoint found here (deleted, a bogus hash): one
                 # warning and a new run, as the adapters do, never a failed start
                 point, self.resume_point = self.resume_point, None
-                not_on_server(point.run_hash, asked)
-                checked_point(point, asked.remote_uri, asked, asked.resume_from)
+                gone_from_server(point, asked, asked.resume_from)
                 self.config = asked.replace(run_hash=rec.new_run_hash(), resume="allow")
                 self._new_run = True
                 sink = open_sink(self.config, new_run=True)

@@ -41,7 +41,7 @@ from ..core.records import new_run_hash, normalise_status
 from ..errors import TraceletError
 from .experiment import Experiment, RunHandle, opened_here
 from .ranks import launched_as_rank_zero
-from .resume import ResumePoint, checked_point, not_on_server, run_not_found
+from .resume import ResumePoint, gone_from_server, run_not_found
 from .watch import Watchers
 
 __all__ = ["RunLifecycle"]
@@ -110,8 +110,7 @@ class RunLifecycle:
         except TraceletError as exc:
             if not run_not_found(exc):
                 raise
-        not_on_server(point.run_hash, self.config)
-        checked_point(point, self.config.remote_uri, self.config, None)  # says why a new run starts
+        gone_from_server(point, self.config)  # says why a new run starts
         return Experiment(self.config.replace(run_hash=None, run_name=self.run_name))
 
     def _make(self, first_hash: Callable[[], str | None] | None) -> Experiment:

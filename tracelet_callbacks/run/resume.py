@@ -28,6 +28,7 @@ __all__ = [
     "ResumePoint",
     "checked_point",
     "find_resume_point",
+    "gone_from_server",
     "mark_checkpoint",
     "not_on_server",
     "recorded_step",
@@ -83,6 +84,13 @@ def not_on_server(run_hash: str, config: TraceletConfig) -> None:
     """Note that the server ``config`` logs to holds no run ``run_hash`` (see :func:`why_not_here`)."""
     if config.remote_uri:
         _NOT_ON_SERVER.add((config.remote_uri, run_hash))
+
+
+def gone_from_server(point: ResumePoint, config: TraceletConfig, checkpoint: Any = None) -> None:
+    """The server ``config`` logs to said it holds no run ``point.run_hash``: note it, so no later
+    advice offers to continue it, and warn once that training goes on in a new run."""
+    not_on_server(point.run_hash, config)
+    checked_point(point, config.remote_uri, config, checkpoint)
 
 
 def run_not_found(exc: BaseException | None) -> bool:
