@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 from ..core import records as rec
+from .pipeline import Pipeline, pipeline_for
 
 __all__ = ["ScalarBatcher", "new_run_with_hash", "roomier_storage"]
 
@@ -162,6 +163,8 @@ class ScalarBatcher:
         self._settled = settled
         self._committer: ThreadPoolExecutor | None = None  # started by the first write(wait=False)
         self._pending: _Pending | None = None  # the batch whose commit may still be running
+        self._sender: Pipeline | None = None  # a server's pipelined connection, made on first use
+        self._no_sender = False  # this aim's client offers none: write through it
 
     @staticmethod
     def available(run: Any) -> bool:
@@ -173,6 +176,14 @@ class ScalarBatcher:
             and all(hasattr(tracker, name) for name in needed)
             and hasattr(run.repo, "is_remote_repo")
         )
+
+    def _pipeline(self) -> Pipeline | None:
+        if self._sender is not None and self._sender.closed:
+            self._sender = None  # it failed (the server went away): a new connection next time
+        if self._sender is None and not self._no_sender:
+            self._sender = pipeline_for(self._run.repo)
+            self._no_sender = self._sender is None
+        return self._sender
 
     @property
     def committing(self) -> bool:
@@ -224,10 +235,15 @@ class ScalarBatcher:
             meta_updates += updates
             step_hash = info.step_hash_fn
             if self._remote:
-                # one request per array of the series (the server writes its keys), not four per value
+                # a few requests per array of the series (the server writes its keys), not four per
+                # value; pipelined where this aim allows it (see sink/pipeline.py)
                 hashes = list(map(step_hash, steps))
+                pipeline = self._pipeline()
                 for view, column in zip(views, columns, strict=True):
-                    view.tree.update((), list(zip(hashes, column, strict=True)))
+                    if pipeline is None:
+                        view.tree.update((), list(zip(hashes, column, strict=True)))
+                    else:
+                        pipeline.update(view.tree, list(zip(hashes, column, strict=True)))
                 continue
             if owner is None:
                 owner = _flatten(info.val_view.tree.container)[0]
@@ -244,6 +260,8 @@ class ScalarBatcher:
             for view, column in zip(views, columns, strict=True):
                 prefix = _flatten(view.tree.container)[1]
                 collections.deque(map(put, map(prefix.__add__, keys), map(encode, column)), maxlen=0)
+        if self._remote and self._sender is not None:
+            self._sender.drain()  # the points are on the server before their meta keys are queued
         try:
             self.settle()  # the batch before: its commit, then its meta keys, before this one's
         finally:
@@ -283,6 +301,9 @@ class ScalarBatcher:
             committer, self._committer = self._committer, None
             if committer is not None:
                 committer.shutdown(wait=True)
+            sender, self._sender = self._sender, None
+            if sender is not None:
+                sender.close()
 
     def _known(self, groups: dict[tuple[str, tuple], list[rec.Scalar]]) -> bool:
         """Whether every series of a batch (and its context) was written before, as floats, so that

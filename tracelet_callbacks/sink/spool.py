@@ -24,7 +24,8 @@ never looks finished, and ``runs close-stale`` can close it.
 
 aim 3.29 has no public call for either (``Run.track`` can only append), so this uses its tree views
 (``request_tree``, ``items``, ``update``, ``make_array``, ``del``; pinned by ``aim<4`` and by
-tests/test_team.py and tests/test_server_copies.py against a live ``aim server``).
+tests/test_team.py and tests/test_team_server.py against a live ``aim server``); a server gets the
+points through a :class:`~tracelet_callbacks.sink.pipeline.Pipeline`, several requests at a time.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .heartbeat import HEARTBEAT_KEY, HEARTBEAT_SECS
+from .pipeline import Pipeline, pipeline_for
 from .series import new_run_with_hash
 
 __all__ = ["copy_run", "open_run", "read_mark", "seed_from", "series_paths", "write_mark"]
 
 #: The folder, inside the spool folder, with one file per run saying what the spool's copy is.
 MARKS = "tracelet-runs"
-#: Points sent to a server per request.
+#: Points read from the spool at a time (a server takes them in requests of ``pipeline.PAIRS``).
 _CHUNK = 2000
 #: The arrays a series is made of, in aim's layout.
 _ARRAYS = ("val", "step", "epoch", "time")
@@ -151,25 +153,33 @@ def copy_run(
         for layout in (("seqs", "v2", "chunks", run_hash), ("seqs", "chunks", run_hash)):
             del remote_seqs[layout]
     held: set[tuple] = set()  # the series the source holds points of
-    for path in series_paths(source, run_hash):
-        for array in _ARRAYS:
-            items = seqs.subtree((*path, array))
-            keys = iter(items.items())  # a server's tree answers with a list
-            first = next(keys, None)
-            if first is None:
-                continue
-            held.add(path[-2:])
-            remote_seqs.make_array((*path, array))
-            chunk = [first]
-            for item in keys:
-                chunk.append(item)
-                if len(chunk) == _CHUNK:
-                    remote_seqs.subtree((*path, array)).update((), chunk)
-                    sent += _count(array, chunk, progress)
-                    chunk = []
-                    beat = _copying(target_meta, run_hash, beat)
-            remote_seqs.subtree((*path, array)).update((), chunk)
-            sent += _count(array, chunk, progress)
+    pipeline = pipeline_for(target) if target.is_remote_repo else None
+    try:
+        for path in series_paths(source, run_hash):
+            for array in _ARRAYS:
+                items = seqs.subtree((*path, array))
+                keys = iter(items.items())  # a server's tree answers with a list
+                first = next(keys, None)
+                if first is None:
+                    continue
+                held.add(path[-2:])
+                remote_seqs.make_array((*path, array))
+                into = remote_seqs.subtree((*path, array))
+                chunk = [first]
+                for item in keys:
+                    chunk.append(item)
+                    if len(chunk) == _CHUNK:
+                        _send(into, chunk, pipeline)
+                        sent += _count(array, chunk, progress)
+                        chunk = []
+                        beat = _copying(target_meta, run_hash, beat)
+                _send(into, chunk, pipeline)
+                sent += _count(array, chunk, progress)
+        if pipeline is not None:
+            pipeline.drain()  # the points, then the meta data that points at them
+    finally:
+        if pipeline is not None:
+            pipeline.close()
     meta = source.request_tree("meta", run_hash, read_only=True).collect()
     if not whole:
         meta = _merged(target_meta.collect(), meta, run_hash, held)
@@ -254,6 +264,15 @@ def _overlay(under: Any, over: Any) -> Any:
             result[key] = _overlay(under.get(key), value) if key in under else value
         return result
     return over
+
+
+def _send(into: Any, chunk: list, pipeline: Pipeline | None) -> None:
+    """Add ``chunk`` (``(key, value)`` pairs) to the array ``into``: through ``pipeline`` on a server
+    where it has one (several requests in flight), else in one request of aim's own client."""
+    if pipeline is None:
+        into.update((), chunk)
+    else:
+        pipeline.update(into, chunk)
 
 
 def _count(array: str, chunk: list, progress: Callable[[int], None] | None) -> int:
