@@ -8,7 +8,11 @@ after the other:
   over 8 series through ``start_logging(remote_uri=...)`` and closing its run (a fresh process each,
   as a team's jobs are);
 * ``sync``: one process logs ``--values`` scalars offline (``TRACELET_OFFLINE=1``, into its spool),
-  then ``python -m tracelet_callbacks sync --to`` sends them; only the sync is timed.
+  then ``python -m tracelet_callbacks sync --to`` sends them; only the sync is timed;
+* ``resume``: a job logs ``--resume-points`` scalars to the server (untimed); then a fresh process in
+  an empty folder (a new node, whose spool never saw the run) resumes it with
+  ``start_logging(remote_uri=..., run_hash=...)``, logs 800 more with automatic steps and closes;
+  ``loop s`` is how long ``start_logging`` took to return, and every old and new value is read back.
 
 For every workload it prints the wall time from the first job's start until every run is closed,
 the values per second that makes, the server's CPU seconds per 100,000 values, and the lag: while
@@ -16,7 +20,10 @@ the jobs log, this process asks the server once a second how far each run's firs
 and the lag is how long before that moment the step it sees was logged (median and worst). Every
 value is read back from the server through aim's public API at the end.
 
-    .venv/bin/python benchmarks/team_server.py --jobs 1 4 8 --values 100000
+    .venv/bin/python benchmarks/team_server.py --jobs 1 4 8 --values 100000 [--resume-points 400000]
+
+For ``resume`` the ``values`` column counts the values the resumed job added and ``read back`` the
+run's whole history with them; ``loop s`` is ``start_logging``'s time to return.
 """
 
 from __future__ import annotations
@@ -81,6 +88,23 @@ PROBE = textwrap.dedent(
     print(json.dumps(seen))
     """
 )
+
+RESUME = textwrap.dedent(
+    """
+    import json, sys, time
+    import tracelet_callbacks as tracelet
+
+    uri, run_hash, report = sys.argv[1], sys.argv[2], sys.argv[3]
+    started = time.time()
+    exp = tracelet.start_logging(remote_uri=uri, run_hash=run_hash, system_tracking_interval=None)
+    returned = time.time()
+    for _ in range(100):
+        exp.log_metrics({{f"m{{i}}": -1.0 for i in range({series})}})  # automatic steps
+    tracelet.stop_logging()
+    with open(report, "w") as out:
+        json.dump({{"started": started, "returned": returned, "closed": time.time()}}, out)
+    """
+).format(series=SERIES)
 
 READ = textwrap.dedent(
     """
@@ -250,41 +274,83 @@ def run_sync(uri: str, values: int, work: Path, server: subprocess.Popen) -> dic
     }
 
 
+def run_resume(uri: str, points: int, work: Path, server: subprocess.Popen) -> dict:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    folder = work / "resumed-node-a"
+    folder.mkdir()
+    (folder / "job.py").write_text(JOB)
+    report = folder / "report.json"
+    subprocess.run([sys.executable, "job.py", uri, str(points), str(report)], cwd=folder, env=env, check=True)
+    run_hash = json.loads(report.read_text())["hash"]
+    node = work / "resumed-node-b"  # empty: its spool never saw the run
+    node.mkdir()
+    (node / "resume.py").write_text(RESUME)
+    cpu_before = server_cpu(server)
+    began = time.time()
+    subprocess.run(
+        [sys.executable, "resume.py", uri, run_hash, str(node / "report.json")], cwd=node, env=env, check=True
+    )
+    wall = time.time() - began
+    timed = json.loads((node / "report.json").read_text())
+    added = 100 * SERIES
+    return {
+        "workload": "resume",
+        "values": added,
+        "wall_s": wall,
+        "loop_s": timed["returned"] - timed["started"],  # start_logging until it returned
+        "values_per_s": added / wall,
+        "server_cpu_per_100k": (server_cpu(server) - cpu_before) / added * 100_000,
+        "lag_median_s": None,
+        "lag_max_s": None,
+        "read_back": read_back(uri, [run_hash])[run_hash],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--values", type=int, default=100_000, help="scalars each job logs")
     parser.add_argument("--no-sync", action="store_true")
+    parser.add_argument(
+        "--resume-points", type=int, default=400_000, help="the server run's size before a resume (0: none)"
+    )
     args = parser.parse_args()
+    # a SIGTERM (a timeout, a CI cancel) ends the benchmark through ``finally``: its server goes too
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     work = Path(tempfile.mkdtemp(prefix="tracelet-team-bench-"))
     server, uri = start_server(work / "server")
-    try:
-        rows = [run_jobs(uri, jobs, args.values, work, server) for jobs in args.jobs]
-        if not args.no_sync:
-            rows.append(run_sync(uri, args.values, work, server))
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-        shutil.rmtree(work, ignore_errors=True)
-    print(
-        f"load average at the end: {os.getloadavg()[0]:.1f}; {os.cpu_count()} cores; "
-        f"{args.values:,} values a job"
-    )
+    print(f"{os.cpu_count()} cores; {args.values:,} values a job", flush=True)
     print(
         "| workload | values | loop s | wall s | values/s | lag median s | lag max s "
         "| server CPU s / 100k | read back |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    try:
+        for jobs in args.jobs:
+            show(run_jobs(uri, jobs, args.values, work, server))
+        if not args.no_sync:
+            show(run_sync(uri, args.values, work, server))
+        if args.resume_points:
+            show(run_resume(uri, args.resume_points, work, server))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
-        def shown(value: float | None, digits: int = 2) -> str:
-            return "-" if value is None else f"{value:.{digits}f}"
 
-        print(
-            f"| {row['workload']} | {row['values']:,} | {shown(row['loop_s'])} | {row['wall_s']:.2f} | "
-            f"{row['values_per_s']:,.0f} | {shown(row['lag_median_s'])} | {shown(row['lag_max_s'])} | "
-            f"{row['server_cpu_per_100k']:.2f} | {row['read_back']:,} |"
-        )
+def show(row: dict) -> None:
+    """One table row, printed as soon as its workload is done."""
+
+    def shown(value: float | None, digits: int = 2) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    print(
+        f"| {row['workload']} | {row['values']:,} | {shown(row['loop_s'])} | {row['wall_s']:.2f} | "
+        f"{row['values_per_s']:,.0f} | {shown(row['lag_median_s'])} | {shown(row['lag_max_s'])} | "
+        f"{row['server_cpu_per_100k']:.2f} | {row['read_back']:,} |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
