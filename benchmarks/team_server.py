@@ -6,7 +6,9 @@ after the other:
 
 * ``jobs=N`` for each N of ``--jobs``: N training processes at once, each logging ``--values`` scalars
   over 8 series through ``start_logging(remote_uri=...)`` and closing its run (a fresh process each,
-  as a team's jobs are);
+  as a team's jobs are), logging as fast as they can: a flood the server falls behind;
+* ``jobs=8 at P/s each``: 8 jobs logging ``--paced`` values a second each for 30 s, a team's pace
+  rather than a flood: its lag is what someone watching the UI sees;
 * ``sync``: one process logs ``--values`` scalars offline (``TRACELET_OFFLINE=1``, into its spool),
   then ``python -m tracelet_callbacks sync --to`` sends them; only the sync is timed;
 * ``resume``: a job logs ``--resume-points`` scalars to the server (untimed); then a fresh process in
@@ -16,9 +18,10 @@ after the other:
 
 For every workload it prints the wall time from the first job's start until every run is closed,
 the values per second that makes, the server's CPU seconds per 100,000 values, and the lag: while
-the jobs log, this process asks the server once a second how far each run's first series has come,
-and the lag is how long before that moment the step it sees was logged (median and worst). Every
-value is read back from the server through aim's public API at the end.
+the jobs log, one probe process asks the server once a second how far each run's first series has
+come (its ``last_step`` meta key, which is written only after the points it names are on the server),
+and the lag is how long before that moment the first step it cannot see yet was logged (median and
+worst). Every value is read back from the server through aim's public API at the end.
 
     .venv/bin/python benchmarks/team_server.py --jobs 1 4 8 --values 100000 [--resume-points 400000]
 
@@ -53,12 +56,15 @@ JOB = textwrap.dedent(
     import tracelet_callbacks as tracelet
 
     uri, values, report = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    pace = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0  # values a second; 0: as fast as it can
     exp = tracelet.start_logging(experiment_name="team-bench", remote_uri=uri, system_tracking_interval=None)
     steps = values // {series}
     logged = {{}}  # step -> when it was logged, every 1/50 of the run
     started = time.time()
     for step in range(steps):
         exp.log_metrics({{f"m{{i}}": float(step * {series} + i) for i in range({series})}}, step=step)
+        if pace:
+            time.sleep(max(0.0, started + (step + 1) * {series} / pace - time.time()))
         if step % max(1, steps // 50) == 0 or step == steps - 1:
             logged[step] = time.time()
     looped = time.time()
@@ -75,17 +81,17 @@ PROBE = textwrap.dedent(
     import json, sys, aim
     from aim.storage.context import Context
     repo = aim.Repo.from_path(sys.argv[1])
-    seen = {}
-    for run_hash in sys.argv[2:]:
-        try:
-            run = aim.Run(run_hash, repo=repo, read_only=True)
-            # the value array itself, not the meta keys written beside it: m0 at step s is 8 * s, and
-            # aim keeps an array in the order of its (hashed) steps, so take the largest value
-            values = run.get_metric("m0", Context({})).values.values_list()
-            seen[run_hash] = int(max(values)) // 8 if values else None
-        except Exception:  # not on the server yet
-            seen[run_hash] = None
-    print(json.dumps(seen))
+    for line in sys.stdin:  # the hashes to look at, once a second; one answer a line
+        seen = {}
+        for run_hash in json.loads(line):
+            try:
+                run = aim.Run(run_hash, repo=repo, read_only=True)
+                # the last step the run's meta keys name: they are written only after the points
+                # they describe are on the server, so every step up to it can be read there
+                seen[run_hash] = run.get_metric("m0", Context({})).meta_tree.get("last_step", None)
+            except Exception:  # not on the server yet
+                seen[run_hash] = None
+        print(json.dumps(seen), flush=True)
     """
 )
 
@@ -167,42 +173,51 @@ def read_back(uri: str, hashes: list[str]) -> dict[str, int]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_jobs(uri: str, jobs: int, values: int, work: Path, server: subprocess.Popen) -> dict:
+def run_jobs(
+    uri: str, jobs: int, values: int, work: Path, server: subprocess.Popen, pace: float = 0.0
+) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    name = f"job{jobs}" + ("paced" if pace else "")  # its jobs' folders
     cpu_before = server_cpu(server)
     began = time.time()
     procs, reports = [], []
     for index in range(jobs):
-        folder = work / f"job{jobs}-{index}"
+        folder = work / f"{name}-{index}"
         folder.mkdir()
         report = folder / "report.json"
         script = folder / "job.py"
         script.write_text(JOB)
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(script), uri, str(values), str(report)], cwd=folder, env=env
+                [sys.executable, str(script), uri, str(values), str(report), str(pace)], cwd=folder, env=env
             )
         )
         reports.append(report)
-    # the lag: a probe process a second (aim's remote client in this process would share its queue)
+    # the lag: one probe process asked once a second (aim's remote client in this process would share
+    # its queue with the jobs'); it reads one meta key a run, so that it costs the server little
+    probe = subprocess.Popen(
+        [sys.executable, "-c", PROBE, uri], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
     seen: list[tuple[float, int, dict]] = []  # (asked at, job index, {hash: last step})
     hashes: dict[int, str] = {}
     while any(proc.poll() is None for proc in procs):
         asked = time.time()
         known = [h for h in hashes.values()]
         if known:
-            done = subprocess.run(
-                [sys.executable, "-c", PROBE, uri, *known], capture_output=True, text=True, timeout=120
-            )
-            if done.returncode == 0:
-                seen.append((asked, 0, json.loads(done.stdout.strip().splitlines()[-1])))
-        for index, folder in enumerate(work.glob(f"job{jobs}-*")):
+            probe.stdin.write(json.dumps(known) + "\n")
+            probe.stdin.flush()
+            answer = probe.stdout.readline()
+            if answer:
+                seen.append((asked, 0, json.loads(answer)))
+        for index, folder in enumerate(work.glob(f"{name}-*")):
             spooled = folder / ".aim-spool" / ".aim" / "meta" / "chunks"
             if index not in hashes and spooled.is_dir():
                 found = [p.name for p in spooled.iterdir()]
                 if found:
                     hashes[index] = found[0]
         time.sleep(max(0.0, 1.0 - (time.time() - asked)))
+    probe.stdin.close()
+    probe.wait(timeout=60)
     for proc in procs:
         if proc.wait() != 0:
             raise SystemExit(f"a job exited with {proc.returncode}")
@@ -227,7 +242,7 @@ def run_jobs(uri: str, jobs: int, values: int, work: Path, server: subprocess.Po
                 lags.append(0.0)
     total = jobs * (values // SERIES) * SERIES
     return {
-        "workload": f"jobs={jobs}",
+        "workload": f"jobs={jobs}" + (f" at {pace:,.0f}/s each" if pace else ""),
         "values": total,
         "wall_s": ended - began,
         "loop_s": max(r["looped"] - r["started"] for r in results),
@@ -308,8 +323,14 @@ def run_resume(uri: str, points: int, work: Path, server: subprocess.Popen) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--jobs", type=int, nargs="*", default=[1, 4, 8])
     parser.add_argument("--values", type=int, default=100_000, help="scalars each job logs")
+    parser.add_argument(
+        "--paced",
+        type=float,
+        default=500.0,
+        help="after the flat-out workloads, 8 jobs logging this many values a second each (0: none)",
+    )
     parser.add_argument("--no-sync", action="store_true")
     parser.add_argument(
         "--resume-points", type=int, default=400_000, help="the server run's size before a resume (0: none)"
@@ -328,6 +349,9 @@ def main() -> None:
     try:
         for jobs in args.jobs:
             show(run_jobs(uri, jobs, args.values, work, server))
+        if args.paced:
+            # a team's pace rather than a flood: the lag is what a user watching the UI sees
+            show(run_jobs(uri, 8, min(args.values, int(args.paced * 30)), work, server, pace=args.paced))
         if not args.no_sync:
             show(run_sync(uri, args.values, work, server))
         if args.resume_points:
