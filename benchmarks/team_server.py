@@ -18,8 +18,9 @@ after the other:
 
 For every workload it prints the wall time from the first job's start until every run is closed,
 the values per second that makes, the server's CPU seconds per 100,000 values, and the lag: while
-the jobs log, one probe process asks the server once a second how far each run's first series has
-come (its ``last_step`` meta key, which is written only after the points it names are on the server),
+the jobs log, one probe process reads once a second, from the server's folder, how far each run's
+first series has come (its ``last_step`` meta key, written only after the points it names are on the
+server; the run's own meta chunk, which is what ``aim up``'s indexer reads every few seconds),
 and the lag is how long before that moment the first step it cannot see yet was logged (median and
 worst). Every value is read back from the server through aim's public API at the end.
 
@@ -80,15 +81,19 @@ PROBE = textwrap.dedent(
     """
     import json, sys, aim
     from aim.storage.context import Context
+    # what `aim up` shows: its indexer reads each live run's own meta chunk in the server's folder
+    # every few seconds (``aim.Run(hash)`` reads the index, which a stock server does not update)
     repo = aim.Repo.from_path(sys.argv[1])
+    trace = ("traces", Context({}).idx, "m0", "last_step")
     for line in sys.stdin:  # the hashes to look at, once a second; one answer a line
+        repo.container_pool.clear()  # open each chunk afresh, as aim's indexer does
         seen = {}
         for run_hash in json.loads(line):
             try:
-                run = aim.Run(run_hash, repo=repo, read_only=True)
+                meta = repo.request_tree("meta", run_hash, read_only=True, skip_read_optimization=True)
                 # the last step the run's meta keys name: they are written only after the points
-                # they describe are on the server, so every step up to it can be read there
-                seen[run_hash] = run.get_metric("m0", Context({})).meta_tree.get("last_step", None)
+                # they describe are on the server
+                seen[run_hash] = meta.subtree(("meta", "chunks", run_hash)).get(trace, None)
             except Exception:  # not on the server yet
                 seen[run_hash] = None
         print(json.dumps(seen), flush=True)
@@ -193,10 +198,14 @@ def run_jobs(
             )
         )
         reports.append(report)
-    # the lag: one probe process asked once a second (aim's remote client in this process would share
-    # its queue with the jobs'); it reads one meta key a run, so that it costs the server little
+    # the lag: one probe process asked once a second; it reads one meta key a run from the server's
+    # folder, as `aim up` does, and costs the server nothing
     probe = subprocess.Popen(
-        [sys.executable, "-c", PROBE, uri], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", PROBE, str(work / "server")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     seen: list[tuple[float, int, dict]] = []  # (asked at, job index, {hash: last step})
     hashes: dict[int, str] = {}
