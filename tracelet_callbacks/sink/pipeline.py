@@ -20,7 +20,7 @@ connections' requests in order with each other. So :meth:`Pipeline.update` first
 client has sent what it queued (a new series' arrays, a rewind's deletions), and a caller calls
 :meth:`Pipeline.drain` before it queues anything that must come after the points (their meta keys).
 
-This is aim 3.29's private protocol, pinned by ``aim<4`` and by tests/test_remote.py against a live
+This is aim 3.29's private protocol, pinned by ``aim<4`` and by tests/test_pipeline.py against a live
 server; when it is not what this module expects, :func:`pipeline_for` answers ``None`` and the
 caller writes through aim's client as before.
 """
@@ -34,7 +34,7 @@ from typing import Any
 
 log = logging.getLogger("tracelet_callbacks")
 
-__all__ = ["PAIRS", "WINDOW", "Pipeline", "pipeline_for"]
+__all__ = ["PAIRS", "WINDOW", "Pipeline", "pipeline_for", "send"]
 
 #: Points of one array per request: small enough that the server unpacks it in linear time.
 PAIRS = 125
@@ -123,6 +123,15 @@ def pipeline_for(repo: Any) -> Pipeline | None:
     except Exception as exc:
         log.debug("tracelet: writing through aim's own client (no pipeline: %r)", exc)
         return None
+
+
+def send(into: Any, pairs: list, pipeline: Pipeline | None) -> None:
+    """Add ``pairs`` (``(key, value)``) to the array ``into``: through ``pipeline`` where the caller
+    has one (several requests in flight), else in one request of aim's own client."""
+    if pipeline is None:
+        into.update((), pairs)
+    else:
+        pipeline.update(into, pairs)
 
 
 def _major(version: str) -> int:

@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 from ..core import records as rec
-from .pipeline import Pipeline, pipeline_for
+from .pipeline import Pipeline, pipeline_for, send
 
 __all__ = ["ScalarBatcher", "new_run_with_hash", "roomier_storage"]
 
@@ -240,10 +240,7 @@ class ScalarBatcher:
                 hashes = list(map(step_hash, steps))
                 pipeline = self._pipeline()
                 for view, column in zip(views, columns, strict=True):
-                    if pipeline is None:
-                        view.tree.update((), list(zip(hashes, column, strict=True)))
-                    else:
-                        pipeline.update(view.tree, list(zip(hashes, column, strict=True)))
+                    send(view.tree, list(zip(hashes, column, strict=True)), pipeline)
                 continue
             if owner is None:
                 owner = _flatten(info.val_view.tree.container)[0]

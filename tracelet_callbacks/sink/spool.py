@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .heartbeat import HEARTBEAT_KEY, HEARTBEAT_SECS
-from .pipeline import Pipeline, pipeline_for
+from .pipeline import pipeline_for, send
 from .series import new_run_with_hash
 
 __all__ = ["copy_run", "open_run", "read_mark", "seed_from", "series_paths", "write_mark"]
@@ -169,11 +169,11 @@ def copy_run(
                 for item in keys:
                     chunk.append(item)
                     if len(chunk) == _CHUNK:
-                        _send(into, chunk, pipeline)
+                        send(into, chunk, pipeline)
                         sent += _count(array, chunk, progress)
                         chunk = []
                         beat = _copying(target_meta, run_hash, beat)
-                _send(into, chunk, pipeline)
+                send(into, chunk, pipeline)
                 sent += _count(array, chunk, progress)
         if pipeline is not None:
             pipeline.drain()  # the points, then the meta data that points at them
@@ -264,15 +264,6 @@ def _overlay(under: Any, over: Any) -> Any:
             result[key] = _overlay(under.get(key), value) if key in under else value
         return result
     return over
-
-
-def _send(into: Any, chunk: list, pipeline: Pipeline | None) -> None:
-    """Add ``chunk`` (``(key, value)`` pairs) to the array ``into``: through ``pipeline`` on a server
-    where it has one (several requests in flight), else in one request of aim's own client."""
-    if pipeline is None:
-        into.update((), chunk)
-    else:
-        pipeline.update(into, chunk)
 
 
 def _count(array: str, chunk: list, progress: Callable[[int], None] | None) -> int:
