@@ -14,13 +14,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .config import TraceletConfig
-from .core.routing import RoutingTable
 from .errors import TraceletError, TraceletValueError, TraceletWarning
-from .run.experiment import Experiment, RunHandle
-from .session import get_active_experiment, start_logging, stop_logging
 
 if TYPE_CHECKING:
+    from .core.routing import RoutingTable
+    from .integrations.accelerate import TraceletAimTracker
+    from .integrations.hf.callback import TraceletCallback
+    from .integrations.lightning.logger import TraceletAimLogger
     from .integrations.tensorboard.writer import TraceletWriter
+    from .run.experiment import Experiment, RunHandle
+    from .session import get_active_experiment, start_logging, stop_logging
 
 __version__ = "0.1.0"
 
@@ -42,7 +45,16 @@ __all__ = [
 ]
 
 #: public name -> (module, the extra that installs what it needs)
+#: Loaded on first use: the framework adapters (each needs its framework), and the run layer, which
+#: the writer process never needs (it imports this package for its config and its sink modules only,
+#: and each module it spares is CPU taken from a training that has just started).
 _LAZY = {
+    "Experiment": (".run.experiment", None),
+    "RunHandle": (".run.experiment", None),
+    "RoutingTable": (".core.routing", None),
+    "get_active_experiment": (".session", None),
+    "start_logging": (".session", None),
+    "stop_logging": (".session", None),
     "TraceletWriter": (".integrations.tensorboard.writer", "tensorboard"),
     "TraceletAimLogger": (".integrations.lightning.logger", "lightning"),
     "TraceletCallback": (".integrations.hf.callback", "transformers"),
@@ -54,6 +66,8 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'tracelet_callbacks' has no attribute {name!r}")
     module_name, extra = _LAZY[name]
+    if extra is None:
+        return getattr(importlib.import_module(module_name, __name__), name)
     try:
         module = importlib.import_module(module_name, __name__)
     except ModuleNotFoundError as exc:
