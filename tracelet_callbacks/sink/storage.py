@@ -78,11 +78,11 @@ def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
                 chunk = repo.request_tree("meta", run_hash, read_only=True)
                 # a server merges into what its index held: a series a resume rewound away would stay
                 del index[("meta", "chunks", run_hash)]
+                chunk.subtree(("meta", "chunks", run_hash)).finalize(index=index)
             else:
                 containers = [repo._get_index_container("meta", 0)]
                 containers.append(repo.request_container("meta", run_hash, read_only=True))
-                index, chunk = containers[0].tree().view(()), containers[1].tree()
-            chunk.subtree(("meta", "chunks", run_hash)).finalize(index=index)
+                _merge(containers[1], into=containers[0], run_hash=run_hash)
             return None
         except Exception as exc:
             last = exc
@@ -99,6 +99,24 @@ def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
             else:
                 gc.collect()  # a held server-side handle shows readers old data: drop it now
     return f"run {run_hash} is saved but could not be indexed ({last}); `aim up` will index it"
+
+
+def _merge(chunk: Any, into: Any, run_hash: str) -> None:
+    """What aim's ``finalize`` of a run's meta chunk does to a local index, in one atomic write.
+
+    aim drops the index's copy of the run, then writes each of the chunk's records on its own (one
+    RocksDB write each: some 14 ms of CPU for a Hugging Face run's 800 records, at the end of every
+    training). The same operations in one batch cost a fraction of it, and a crash between them
+    cannot leave the run half indexed.
+    """
+    from aim.storage import encoding
+
+    prefix = encoding.encode_path(("meta", "chunks", run_hash))
+    batch = into.batch()
+    into.delete_range(prefix, prefix + b"\xff", store_batch=batch)
+    for key, value in chunk.items():
+        into.set(key, value, store_batch=batch)
+    into.commit(batch)
 
 
 def find_run(config: TraceletConfig, path: tuple[str, ...], value: Any) -> str | None:
