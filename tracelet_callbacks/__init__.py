@@ -44,7 +44,7 @@ __all__ = [
     "stop_logging",
 ]
 
-#: public name -> (module, the extra that installs what it needs)
+#: public name -> (module, the extra that installs what it needs; ``None``: nothing to install).
 #: Loaded on first use: the framework adapters (each needs its framework), and the run layer, which
 #: the writer process never needs (it imports this package for its config and its sink modules only,
 #: and each module it spares is CPU taken from a training that has just started).
