@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import aim
+from aim.storage.encoding import encode_path
 
 from tracelet_callbacks.sink.repo import make_repo
 from tracelet_callbacks.sink.storage import index_run, release_storage
@@ -34,8 +35,14 @@ def _index(repo_path: str) -> list[tuple[bytes, bytes]]:
         container.close()
 
 
-def _fresh_index(repo_path: str) -> None:
+def _fresh_index(repo_path: str, stale_run: str) -> None:
+    """An index holding only a stale record of ``stale_run`` (which indexing it must drop)."""
     shutil.rmtree(Path(repo_path, ".aim", "meta", "index"), ignore_errors=True)
+    container = aim.Repo.from_path(repo_path)._get_index_container("meta", 0)
+    try:
+        container[encode_path(("meta", "chunks", stale_run, "stale"))] = b"\x00"
+    finally:
+        container.close()
 
 
 def _aims_own_finalize(repo_path: str, run_hash: str) -> None:
@@ -53,13 +60,13 @@ def test_index_run_writes_what_aims_finalize_writes(tmp_path: Path) -> None:
     repo_path = make_repo(str(tmp_path))
     earlier, run_hash = _closed_run(repo_path), _closed_run(repo_path)
 
-    _fresh_index(repo_path)
+    _fresh_index(repo_path, stale_run=run_hash)
     _aims_own_finalize(repo_path, earlier)
     _aims_own_finalize(repo_path, run_hash)
     _aims_own_finalize(repo_path, run_hash)  # again: the run's old copy is replaced, not added to
     expected = _index(repo_path)
 
-    _fresh_index(repo_path)
+    _fresh_index(repo_path, stale_run=run_hash)
     assert index_run(aim.Repo.from_path(repo_path), earlier) is None
     assert index_run(aim.Repo.from_path(repo_path), run_hash) is None
     assert index_run(aim.Repo.from_path(repo_path), run_hash) is None
@@ -67,3 +74,4 @@ def test_index_run_writes_what_aims_finalize_writes(tmp_path: Path) -> None:
 
     assert len(got) > 50  # the runs' params, tags, contexts and series names
     assert got == expected
+    assert not [key for key, _ in got if key.endswith(b"stale")]
