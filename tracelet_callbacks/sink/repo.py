@@ -84,12 +84,15 @@ def _migrations_here() -> Iterator[None]:
 
     def upgrade(db_url: str) -> None:
         try:
-            if _copy_template(db_url):
+            target = _db_file(db_url)
+            # only a new sqlite database starts from the kept one (an old repo's is migrated)
+            new = target is not None and not os.path.exists(target)
+            template = _template_path() if new else None
+            if template is not None and _copy_template(template, target):
                 return
-            new = not os.path.exists(_db_file(db_url) or "")
             _upgrade(db_url, utils.create_migration_cmd())
-            if new:
-                _keep_template(db_url)
+            if template is not None:
+                _keep_template(target, template)
         except Exception as exc:  # whatever went wrong here, aim's own child process may still do it
             log.debug("tracelet: in-process migration failed (%r); running aim's", exc)
             original(db_url)
@@ -156,11 +159,8 @@ def _template_path() -> str | None:
     return os.path.join(cache, "tracelet_callbacks", f"aim-empty-db-{digest.hexdigest()[:16]}.sqlite")
 
 
-def _copy_template(db_url: str) -> bool:
-    """Give a new repo the kept empty database; ``False`` where there is none (or the repo has one)."""
-    target, template = _db_file(db_url), _template_path()
-    if target is None or template is None or os.path.exists(target):
-        return False
+def _copy_template(template: str, target: str) -> bool:
+    """Give a new repo the kept empty database at ``target``; ``False`` where none is kept."""
     try:
         with open(template, "rb") as source:
             if source.read(16) != b"SQLite format 3\x00":
@@ -178,10 +178,9 @@ def _copy_template(db_url: str) -> bool:
     return True
 
 
-def _keep_template(db_url: str) -> None:
+def _keep_template(source: str, template: str) -> None:
     """Keep the database aim's migrations just made for a new repo, for the next new repo."""
-    source, template = _db_file(db_url), _template_path()
-    if source is None or template is None or os.path.exists(template):
+    if os.path.exists(template):
         return
     scratch = f"{template}.{os.getpid()}.new"
     try:
