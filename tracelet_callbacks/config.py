@@ -89,7 +89,7 @@ class TraceletConfig:
     buffer_size: int = 1000
     run_hash: str | None = None
     artifacts_uri: str | None = None
-    flush_secs: float = 5.0
+    flush_secs: float = 1.0
     system_tracking_interval: float | None = 10.0
     capture_terminal_logs: bool = False
     log_system_params: bool = True
