@@ -14,11 +14,13 @@ import os
 import stat
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aim.storage.context import Context
 
 import tracelet_callbacks as tracelet
 from conftest import read_run, series
@@ -189,6 +191,30 @@ def test_accelerate_init_trackers_never_waits_for_the_writer(repo_dir: Path, gat
     accelerator.end_training()
     assert read_run(repo_dir, run_hash)["hparams"] == {"lr": 0.1}
     assert len(series(repo_dir, "loss", {"subset": "train"}, run_hash)) == 10
+
+
+def test_an_aim_object_sent_before_the_writer_imported_aim_is_written_by_the_writer(
+    repo_dir: Path, gate: Gate
+) -> None:
+    """The writer's reader thread once unpickled each batch as it came: one holding an ``aim.Image``
+    imported aim on that thread while the main thread was importing it too, the import failed halfway
+    and the trainer had to take the run over (the warning below). Held, the batch waits in the pipe
+    before the writer's first line, so its reader meets it at once."""
+    import aim
+    from PIL import Image
+
+    exp = tracelet.Experiment(buffer_size=1)  # each record goes down the pipe as it is logged
+    picture = aim.Image(Image.new("RGB", (4, 4), (7, 0, 0)))
+    without_waiting(lambda: exp.run.track(picture, name="pictures", step=3), gate, "Experiment.run.track")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gate.open()
+        exp.close()
+    said = [str(w.message) for w in caught if issubclass(w.category, TraceletWarning)]
+    assert said == []  # not "the AIM writer stopped ...; logging goes on from this process"
+    images = read_run(repo_dir, exp.hash).get_image_sequence("pictures", Context({}))
+    steps, (values, *_) = images.data.items_list()
+    assert list(steps) == [3] and values[0].to_pil_image().getpixel((0, 0)) == (7, 0, 0)
 
 
 def test_a_run_the_writer_cannot_make_is_told_not_lost_silently(repo_dir: Path, gate: Gate) -> None:

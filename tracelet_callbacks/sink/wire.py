@@ -151,6 +151,11 @@ def decode_frame(frame: bytes) -> Any:
     return pickle.loads(frame[_HEADER.size :])
 
 
+def loads(payload: bytes | bytearray) -> Any:
+    """A message :meth:`FrameReader.read_pickled` returned."""
+    return pickle.loads(payload)
+
+
 def send_frame(fd: int, message: Any) -> None:
     """Write one framed message (or the bytes of one); a full pipe blocks: that is the back-pressure."""
     data = memoryview(message if isinstance(message, bytes) else encode_frame(message))
@@ -176,14 +181,19 @@ class FrameReader:
         self._ended = False
 
     def read(self) -> Any:
+        payload = self.read_pickled()
+        return None if payload is None else pickle.loads(payload)
+
+    def read_pickled(self) -> bytearray | None:
+        """The next message still pickled (for :func:`loads`), or ``None`` at the end of the stream."""
         while True:
             if len(self._buffer) >= _HEADER.size:
                 (size,) = _HEADER.unpack_from(self._buffer)
                 end = _HEADER.size + size
                 if len(self._buffer) >= end:
-                    message = pickle.loads(self._buffer[_HEADER.size : end])
+                    payload = self._buffer[_HEADER.size : end]
                     del self._buffer[:end]
-                    return message
+                    return payload
             if self._ended:
                 return None
             self._fill()

@@ -63,12 +63,12 @@ def main(argv: list[str]) -> int:
     # a reader thread keeps the pipe drained while this thread is inside aim (stuck there, too), so
     # the trainer never waits on a full pipe. The queue needs no bound of its own: the trainer never
     # has more than its in-flight limit of batches unacknowledged.
-    inbox: queue.Queue = queue.Queue()
+    inbox = _Inbox()
 
     def pump() -> None:
         try:
-            while (message := reader.read()) is not None:
-                inbox.put(message)
+            while (payload := reader.read_pickled()) is not None:
+                inbox.put(payload)
         finally:
             inbox.put(None)
 
@@ -122,6 +122,29 @@ def main(argv: list[str]) -> int:
     return 0  # the trainer went away between runs: nothing to close
 
 
+class _Inbox:
+    """The messages the reader thread took off the pipe, unpickled only when this thread takes them.
+
+    Unpickling a batch may import aim (an ``aim.Image`` logged through ``exp.run``). Done on the reader
+    thread while this one was still importing aim, that made two threads import aim at once, and one
+    of them failed halfway (``cannot import name decode_int64``): the reader died and the trainer
+    had to take the run over. Only this thread imports aim now.
+    """
+
+    def __init__(self) -> None:
+        self._payloads: queue.Queue = queue.Queue()
+
+    def put(self, payload: bytearray | None) -> None:
+        self._payloads.put(payload)
+
+    def get(self) -> Any:
+        payload = self._payloads.get()
+        return None if payload is None else wire.loads(payload)
+
+    def empty(self) -> bool:
+        return self._payloads.empty()
+
+
 def _defer_web_framework() -> None:
     """Keep FastAPI out of this process's start: a fifth of ``import aim``'s CPU, on the trainer's cores.
 
@@ -156,7 +179,7 @@ def _defer_web_framework() -> None:
     sys.modules["fastapi.responses"] = stand_in
 
 
-def _serve(sink: Any, inbox: queue.Queue, reply: Any, watchdog: Watchdog) -> bool:
+def _serve(sink: Any, inbox: _Inbox, reply: Any, watchdog: Watchdog) -> bool:
     """Write one run's messages until it is closed (``True``), or until the trainer vanished or the run
     could not be closed (``False``: this writer then ends).
 
