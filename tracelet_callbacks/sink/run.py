@@ -25,7 +25,7 @@ from .environment import environment_params
 from .heartbeat import BOOKKEEPING, Heartbeat
 from .repo import check_server, make_repo
 from .series import ScalarBatcher, new_run_with_hash, roomier_storage
-from .storage import abandon_storage, index_run, release_storage
+from .storage import abandon_storage, close_and_index, index_run, release_storage
 from .track import write_record
 from .watchdog import is_disk_full
 
@@ -367,9 +367,9 @@ class AimSink(Sink):
                     self.index_error = f"closing AIM run {run.hash} failed: {exc!r}"
                     warnings.warn(f"tracelet: {self.index_error}", TraceletWarning, stacklevel=3)
                     return
-            release_storage(repo, run.hash)
             chunk = os.path.join(self._repo_path or "", ".aim", "meta", "chunks", run.hash)
             if self._repo_path is not None and not os.path.isdir(chunk):
+                release_storage(repo, run.hash)
                 self.index_error = (
                     f"run {run.hash} is lost: its files under {self._repo_path} are gone (the repo was "
                     "deleted or moved while the run was open)"
@@ -377,11 +377,7 @@ class AimSink(Sink):
                 warnings.warn(f"tracelet: {self.index_error}", TraceletWarning, stacklevel=3)
                 return
             try:
-                if self._repo_path is not None:
-                    from aim import Repo
-
-                    repo = Repo.from_path(self._repo_path)
-                self.index_error = index_run(repo, run.hash)
+                self.index_error = close_and_index(repo, run.hash)
             except Exception as exc:
                 self.index_error = f"run {run.hash} could not be indexed: {exc!r}"
             if self.index_error:

@@ -123,7 +123,7 @@ def copy_run(
     import aim
 
     from .rewind import rewind
-    from .storage import index_run, release_storage
+    from .storage import close_and_index
 
     spooled = aim.Run(run_hash, repo=source, read_only=True)
     run = open_run(target, run_hash, spooled.experiment)
@@ -186,8 +186,7 @@ def copy_run(
     target_meta.set((), meta, strict=False)
     if target.is_remote_repo:  # aim's client sends from a queue: the copy is done once it is empty
         (drain or (lambda repo: repo._client.get_queue().wait_for_finish()))(target)
-    release_storage(target, run_hash)
-    error = index_run(target, run_hash)
+    error = close_and_index(target, run_hash)
     if error:
         raise RuntimeError(error)
     return sent

@@ -18,7 +18,7 @@ from typing import Any
 
 from .heartbeat import BOOKKEEPING, HEARTBEAT_KEY, LEGACY_HEARTBEAT_KEY
 from .spool import open_run
-from .storage import index_run, release_storage
+from .storage import close_and_index
 
 __all__ = ["RunRow", "close_stale", "list_runs", "open_repo", "stale_runs"]
 
@@ -114,8 +114,7 @@ def close_stale(repo: Any, older_than: float) -> list[RunRow]:
         run["status"] = "killed"
         run[(*BOOKKEEPING, "closed_stale")] = {"time": time.time(), "heartbeat": row.heartbeat}
         run.close()
-        release_storage(repo, row.hash)
-        error = index_run(repo, row.hash)
+        error = close_and_index(repo, row.hash)
         if error:
             log.warning("tracelet: %s", error)
         row.status, row.active = "killed", False

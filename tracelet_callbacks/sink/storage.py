@@ -7,12 +7,13 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import threading
 from typing import Any
 
 from ..config import TraceletConfig
 from .repo import check_server
 
-__all__ = ["abandon_storage", "find_run", "forget_at_exit", "index_run", "release_storage"]
+__all__ = ["abandon_storage", "close_and_index", "find_run", "forget_at_exit", "index_run", "release_storage"]
 
 log = logging.getLogger("tracelet_callbacks")
 
@@ -27,13 +28,89 @@ def release_storage(repo: Any, run_hash: str) -> None:
     """
     if repo.is_remote_repo:
         return
-    for config, container in list(repo.container_pool.items()):
-        if config.sub == run_hash:
+    for container in _own_containers(repo, run_hash).values():
+        _close_container(container, run_hash)
+
+
+def close_and_index(repo: Any, run_hash: str) -> str | None:
+    """:func:`release_storage`, then :func:`index_run`, overlapped: what the end of a run waits for.
+
+    Closing a database flushes it to disk, and RocksDB's flush and close run without Python's lock.
+    So the run's databases close on threads of their own, while this one merges the run into aim's
+    index from the records of its meta database, read while it was still open (rather than opening
+    it again, read-only, once closed). At the end of a Hugging Face run on this 2-core machine that
+    took the writer's release and indexing from 23-31 ms to 13-15 ms. Where another process holds
+    the index (or anything else goes wrong on the way) the run's databases are closed all the same,
+    and :func:`index_run` then retries as before.
+    """
+    if repo.is_remote_repo:
+        return index_run(repo, run_hash)
+    own = _own_containers(repo, run_hash)
+    meta = next((c for config, c in own.items() if config.name == "meta" and not config.read_only), None)
+    closing = [_close_aside(c, run_hash) for c in own.values() if c is not meta]
+    merged = False
+    try:
+        if meta is not None:
+            records = None
             try:
-                container.close()
-            except Exception as exc:  # its files are gone (the repo was deleted): let it go unclosed
-                log.warning("tracelet: could not close the storage of run %s: %r", run_hash, exc)
-                forget_at_exit(container)
+                records = _read_all(meta)
+            except Exception as exc:  # its files are gone ...: the slow way, below, says what
+                log.debug("tracelet: reading run %s before its close failed: %r", run_hash, exc)
+            closing.append(_close_aside(meta, run_hash))
+            if records is not None:
+                merged = _merge_now(repo, records, run_hash)
+    finally:
+        for thread in closing:
+            thread.join()
+    return None if merged else index_run(repo, run_hash)
+
+
+def _merge_now(repo: Any, records: list, run_hash: str) -> bool:
+    """One try at merging ``records`` into the local index; ``False`` where it did not happen."""
+    index = None
+    try:
+        index = repo._get_index_container("meta", 0)
+        _merge(records, into=index, run_hash=run_hash)
+        return True
+    except Exception as exc:  # another process holds the index ...: index_run retries
+        log.debug("tracelet: indexing run %s at once failed: %r", run_hash, exc)
+        return False
+    finally:
+        if index is not None:
+            index.close()
+
+
+def _read_all(container: Any) -> list:
+    """A container's records, every value in memory: aim hands a large value (the first and last image
+    of an image series) out as a ``BLOB`` that reads it from the database when first used, which for a
+    database closed meanwhile means opening it again (and holding its lock)."""
+    from aim.storage.utils import BLOB
+
+    records = list(container.items())
+    for _, value in records:
+        if isinstance(value, BLOB):
+            value.load()
+    return records
+
+
+def _own_containers(repo: Any, run_hash: str) -> dict[Any, Any]:
+    return {config: c for config, c in list(repo.container_pool.items()) if config.sub == run_hash}
+
+
+def _close_container(container: Any, run_hash: str) -> None:
+    try:
+        container.close()
+    except Exception as exc:  # its files are gone (the repo was deleted): let it go unclosed
+        log.warning("tracelet: could not close the storage of run %s: %r", run_hash, exc)
+        forget_at_exit(container)
+
+
+def _close_aside(container: Any, run_hash: str) -> threading.Thread:
+    thread = threading.Thread(
+        target=_close_container, args=(container, run_hash), name="tracelet-close", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 def abandon_storage(run: Any) -> None:
@@ -83,7 +160,7 @@ def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
             else:
                 containers = [repo._get_index_container("meta", 0)]
                 containers.append(repo.request_container("meta", run_hash, read_only=True))
-                _merge(containers[1], into=containers[0], run_hash=run_hash)
+                _merge(containers[1].items(), into=containers[0], run_hash=run_hash)
             return None
         except Exception as exc:
             last = exc
@@ -102,21 +179,21 @@ def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
     return f"run {run_hash} is saved but could not be indexed ({last}); `aim up` will index it"
 
 
-def _merge(chunk: Any, into: Any, run_hash: str) -> None:
+def _merge(records: Any, into: Any, run_hash: str) -> None:
     """What aim's ``finalize`` of a run's meta chunk does to a local index, in one atomic write.
 
-    aim drops the index's copy of the run, then writes each of the chunk's records on its own, one
-    RocksDB write each. The same operations in one batch took ``index_run`` at the end of a Hugging
-    Face run (about 800 records) from 14.8 to 11.8 ms, and a crash between them cannot leave the run
-    half indexed. Uses the container's ``batch`` / ``set`` / ``delete_range`` / ``commit``, pinned by
-    ``aim<4`` and by the tests that query runs after they close.
+    ``records`` are the (key, value) pairs of the run's meta chunk. aim drops the index's copy of the
+    run, then writes each record on its own, one RocksDB write each. The same operations in one batch
+    took ``index_run`` at the end of a Hugging Face run (about 800 records) from 14.8 to 11.8 ms, and a
+    crash between them cannot leave the run half indexed. Uses the container's ``batch`` / ``set`` /
+    ``delete_range`` / ``commit``, pinned by ``aim<4`` and by the tests that query runs after they close.
     """
     from aim.storage import encoding
 
     prefix = encoding.encode_path(("meta", "chunks", run_hash))
     batch = into.batch()
     into.delete_range(prefix, prefix + b"\xff", store_batch=batch)
-    for key, value in chunk.items():
+    for key, value in records:
         into.set(key, value, store_batch=batch)
     into.commit(batch)
 
