@@ -40,44 +40,27 @@ def close_and_index(repo: Any, run_hash: str) -> str | None:
     index from the records of its meta database, read while it was still open (rather than opening
     it again, read-only, once closed). At the end of a Hugging Face run on this 2-core machine that
     took the writer's release and indexing from 23-31 ms to 13-15 ms. Where another process holds
-    the index (or anything else goes wrong on the way) the run's databases are closed all the same,
-    and :func:`index_run` then retries as before.
+    the index, the run's databases are closed meanwhile while :func:`index_run` retries.
     """
     if repo.is_remote_repo:
         return index_run(repo, run_hash)
     own = _own_containers(repo, run_hash)
     meta = next((c for config, c in own.items() if config.name == "meta" and not config.read_only), None)
     closing = [_close_aside(c, run_hash) for c in own.values() if c is not meta]
-    merged = False
+    records = None
     try:
         if meta is not None:
-            records = None
             try:
                 records = _read_all(meta)
             except Exception as exc:  # its files are gone ...: the slow way, below, says what
                 log.debug("tracelet: reading run %s before its close failed: %r", run_hash, exc)
             closing.append(_close_aside(meta, run_hash))
-            if records is not None:
-                merged = _merge_now(repo, records, run_hash)
+        if records is not None:
+            return index_run(repo, run_hash, records=records)
     finally:
         for thread in closing:
             thread.join()
-    return None if merged else index_run(repo, run_hash)
-
-
-def _merge_now(repo: Any, records: list, run_hash: str) -> bool:
-    """One try at merging ``records`` into the local index; ``False`` where it did not happen."""
-    index = None
-    try:
-        index = repo._get_index_container("meta", 0)
-        _merge(records, into=index, run_hash=run_hash)
-        return True
-    except Exception as exc:  # another process holds the index ...: index_run retries
-        log.debug("tracelet: indexing run %s at once failed: %r", run_hash, exc)
-        return False
-    finally:
-        if index is not None:
-            index.close()
+    return index_run(repo, run_hash)  # from the meta database, read again once it is closed
 
 
 def _read_all(container: Any) -> list:
@@ -133,7 +116,7 @@ def forget_at_exit(holder: Any) -> None:
         finalizer.detach()
 
 
-def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
+def index_run(repo: Any, run_hash: str, attempts: int = 40, records: list | None = None) -> str | None:
     """Make a closed run visible to ``Repo.iter_runs()`` / ``query_*`` now; the error text if it could not.
 
     aim shows only indexed runs, and only ``aim up`` indexes (``aim server`` never does), so without
@@ -142,7 +125,8 @@ def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
     index itself: locally through ``Repo._get_index_container`` (see :func:`_merge`), on a server
     through ``Repo._get_index_tree`` and aim's proxies (pinned by ``aim<4`` and by the tests). The
     index is one RocksDB that one process at a time may open for writing (``aim up`` indexing,
-    another run closing): a lock is retried for a while.
+    another run closing): a lock is retried for a while. ``records``: the run's meta chunk, already
+    read (locally), instead of opening it read-only.
     """
     import time
 
@@ -159,8 +143,10 @@ def index_run(repo: Any, run_hash: str, attempts: int = 40) -> str | None:
                 chunk.subtree(("meta", "chunks", run_hash)).finalize(index=index)
             else:
                 containers = [repo._get_index_container("meta", 0)]
-                containers.append(repo.request_container("meta", run_hash, read_only=True))
-                _merge(containers[1].items(), into=containers[0], run_hash=run_hash)
+                if records is None:
+                    containers.append(repo.request_container("meta", run_hash, read_only=True))
+                source = records if records is not None else containers[1].items()
+                _merge(source, into=containers[0], run_hash=run_hash)
             return None
         except Exception as exc:
             last = exc
