@@ -158,8 +158,9 @@ def _add_scalar(
     new_style: bool = False,
     double_precision: bool = False,
 ) -> None:
-    # once per logged value: the writer's own open run is found with two attribute reads
-    own = self.__dict__.get("_tracelet_experiment")
+    # once per logged value: the writer's own open run is found with two attribute reads (a plain
+    # SummaryWriter has both attributes from its class while patched, a TraceletWriter its own)
+    own = self._tracelet_experiment
     translator = own._live if own is not None and not _inside_tensorboard else None
     if translator is None:
         translator = _active_translator(self)
@@ -167,7 +168,7 @@ def _add_scalar(
             quiet.note_step(global_step)  # a rank > 0 writes nothing, but its step time counts
     if translator is not None and not translator.scalar(tag, scalar_value, global_step):
         return  # skipped with a warning; TensorBoard would have raised on it
-    if not self.__dict__.get("_tracelet_tensorboard", True):
+    if not self._tracelet_tensorboard:
         return  # no event files: the one call per logged value ends here
     strict = translator.strict if translator is not None else False
     original = _ORIGINALS["add_scalar"]
@@ -231,6 +232,8 @@ WRAPPED.update({name: _wrap(name, forward) for name, forward in _FORWARDS.items(
 
 
 _patched = False
+#: What a plain SummaryWriter reads as its own while patched: no experiment of its own, event files on.
+_DEFAULTS = {"_tracelet_experiment": None, "_tracelet_tensorboard": True}
 
 
 def patch_summary_writer() -> None:
@@ -240,6 +243,8 @@ def patch_summary_writer() -> None:
         return
     for name, method in WRAPPED.items():
         setattr(SummaryWriter, name, method)
+    for name, default in _DEFAULTS.items():
+        setattr(SummaryWriter, name, default)
     _patched = True
 
 
@@ -248,4 +253,7 @@ def unpatch_summary_writer() -> None:
     global _patched
     for name, original in _ORIGINALS.items():
         setattr(SummaryWriter, name, original)
+    for name in _DEFAULTS:
+        if name in SummaryWriter.__dict__:
+            delattr(SummaryWriter, name)
     _patched = False
