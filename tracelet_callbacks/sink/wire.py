@@ -61,7 +61,7 @@ class Open(NamedTuple):
 
 class Batch(NamedTuple):
     seq: int
-    records: list  # as :func:`pack` made them
+    records: tuple | list  # as :func:`pack` made them
 
 
 class Get(NamedTuple):
@@ -215,17 +215,18 @@ class FrameReader:
             self._buffer += chunk
 
 
-def pack(records: list[Any]) -> list[Any]:
-    """Scalars as plain tuples (pickled far faster than a class instance); the rest as they are."""
+def pack(records: list[Any]) -> tuple | list[Any]:
+    """A batch of scalars only as six columns (names, values, steps ...), which pickle faster than
+    rows; any other batch as a list, its scalars as plain tuples (a class instance pickles slowly)."""
     if set(map(type, records)) == {Scalar}:
-        return list(map(tuple, records))  # the common batch, converted in C
+        return tuple(zip(*records, strict=True))  # the common batch, transposed in C
     return [tuple(r) if type(r) is Scalar else r for r in records]
 
 
-def unpack(payload: list[Any]) -> list[Any]:
-    """What :func:`pack` packed: plain tuples become :class:`Scalar` again."""
-    if set(map(type, payload)) == {tuple}:
-        return list(map(_scalar, payload))  # the common batch, made in C
+def unpack(payload: tuple | list[Any]) -> list[Any]:
+    """What :func:`pack` packed, as records again."""
+    if type(payload) is tuple:
+        return list(map(_scalar, zip(*payload, strict=True)))  # the common batch, made in C
     return [_scalar(item) if type(item) is tuple else item for item in payload]
 
 
