@@ -1001,3 +1001,33 @@ def test_a_runs_series_are_written_through_an_appending_memtable_and_read_back_w
 
     assert "VectorRepFactory" in memtable("seqs") and "SkipListFactory" in memtable("meta")
     assert series(repo_dir, "loss", {"subset": "train"}, exp.hash) == {s: 1.0 / (s + 1) for s in range(3000)}
+
+
+def test_a_caught_up_writer_puts_a_large_series_memtable_on_disk_before_the_run_closes(
+    repo_dir: Path,
+) -> None:
+    """A flush once the writer has caught up hands a series memtable of IDLE_FLUSH_BYTES or more to
+    RocksDB's flush on a thread (the run's close, which the trainer waits for, then has little left to
+    sort and write); a smaller one stays in memory. Every value reads back either way."""
+    from conftest import series
+    from tracelet_callbacks.sink.rocks import IDLE_FLUSH_BYTES
+
+    exp = tracelet.Experiment(writer="sync", buffer_size=1000)
+    folder = repo_dir / ".aim" / "seqs" / "chunks" / exp.hash
+
+    def logged(first: int, last: int) -> tuple[list, int]:
+        """The series database's files and its memtable's size once ``first``..``last`` are flushed."""
+        for step in range(first, last):
+            exp.log_metric("train/loss", step * 0.5, step)
+        exp.flush()  # caught up: the batcher is told it is idle
+        batcher = exp._sink._batcher
+        batcher._idle_flush.wait()
+        size = batcher._owner._db.get_property(b"rocksdb.cur-size-active-mem-table")
+        return list(folder.glob("*.sst")), int(size)
+
+    files, size = logged(0, 2000)
+    assert files == [] and 0 < size < IDLE_FLUSH_BYTES  # a small memtable: nothing flushed
+    files, size = logged(2000, 80_000)
+    assert files and size < IDLE_FLUSH_BYTES  # it had grown to about 14 MB: on disk before the close
+    exp.close()
+    assert series(repo_dir, "loss", {"subset": "train"}, exp.hash) == {s: s * 0.5 for s in range(80_000)}

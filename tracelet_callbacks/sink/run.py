@@ -24,7 +24,8 @@ from .contract import Sink
 from .environment import environment_params
 from .heartbeat import BOOKKEEPING, Heartbeat
 from .repo import check_server, make_repo
-from .series import ScalarBatcher, new_run_with_hash, roomier_storage
+from .rocks import new_run_with_hash, roomier_storage
+from .series import ScalarBatcher
 from .storage import abandon_storage, close_and_index, index_run, release_storage
 from .track import write_record
 from .watchdog import is_disk_full
@@ -321,8 +322,12 @@ class AimSink(Sink):
             # until that queue is empty (what aim's own Run.close does).
             self._settle()
             run = self._run
-            if run is not None and not self._closed and run.repo.is_remote_repo:
+            if run is None or self._closed:
+                return
+            if run.repo.is_remote_repo:
                 run.repo._client.get_queue().wait_for_finish()
+            elif self._batcher:
+                self._batcher.idle()  # a large memtable goes to disk now, not at the run's close
 
     def close(self, status: str = "finished") -> None:
         """Record ``status``, close the run and index it. Safe to call twice."""

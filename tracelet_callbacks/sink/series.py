@@ -10,8 +10,8 @@ aim's UI, ``query_metrics`` and ``Run.get_metric`` read it unchanged.
 
 RocksDB's ``db.write`` of a batch was about half of the writer's time, and aimrocks releases the GIL
 while it runs: the writer process commits a batch on a thread of its own while its main thread reads
-and prepares the next (``write(..., wait=False)``); commits stay one at a time and in order. A run's
-series database gets a memtable that appends instead of sorting on every put (``roomier_storage``).
+and prepares the next (``write(..., wait=False)``); commits stay one at a time and in order. How the run's
+series database is opened and flushed for this (a memtable that appends) is :mod:`.rocks`.
 
 aim 3.29 has no public call for this. It relies on (all pinned by ``aim<4`` and by
 tests/test_writer.py, which reads every value back through aim's public API):
@@ -23,8 +23,6 @@ tests/test_writer.py, which reads every value back through aim's public API):
 * the prefix views over each run's RocksDB container (``prefix`` / ``parent``), and
   ``aim.storage.encoding.encode_path`` / ``encode`` for keys and values (a number is a leaf, so its
   tree encoding is its value encoding at the array index);
-* ``aimrocks.Options`` / ``aimrocks.DB`` looked up when a run opens its databases, and
-  ``aimrocks.VectorMemtableFactory``;
 * on a server, ``update(path, [(key, value), ...])`` of aim's tree proxies, which the server applies
   key by key (pinned by tests/test_remote.py against ``Run.track`` on a live ``aim server``).
 
@@ -35,95 +33,17 @@ back to ``Run.track``.
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 from ..core import records as rec
 from .pipeline import Pipeline, pipeline_for, send
+from .rocks import IdleFlush
 
-__all__ = ["ScalarBatcher", "new_run_with_hash", "roomier_storage"]
-
-#: The write buffers of a run's series database while we write it (aim opens it with one of 1 MB).
-SERIES_WRITE_BUFFER = 16 * 1024 * 1024
-SERIES_WRITE_BUFFERS = 2
-
-
-@contextlib.contextmanager
-def roomier_storage() -> Iterator[None]:
-    """While a run is being created, its databases get room to write, and its series a memtable made
-    for writing.
-
-    aim opens every run's RocksDB with one 1 MB write buffer, so a run written at full speed flushes
-    a small file every few thousand values and RocksDB spends most of the writer's time compacting
-    them, throttling writes as they pile up (an import of a million values stalled 230 times). Two
-    16 MB buffers keep the files few; memtables grow with what is written, so a small run stays small.
-
-    RocksDB's default memtable is a skip list: each of the four keys a value takes is put in order
-    as it arrives (about 1.4 µs a key here, most of ``db.write``). The series database gets a vector
-    memtable instead: a put appends, and the flush sorts once. That costs reads of the memtable a sort
-    each, so it suits a database this process only writes: nothing reads a run's series while it is
-    written but ``rewind`` (a resumed run's first record, when RocksDB has flushed what it recovered)
-    and other processes, which read the files. The meta database, read while writing, keeps its skip
-    list.
-
-    aim has no setting for this: ``aim.Run`` opens the run's databases while it is made, through
-    ``aimrocks.DB(path, aimrocks.Options(**options))``, which this wraps for that moment only (aim
-    3.29, pinned by ``aim<4``; options other than aim's 1 MB ones pass unchanged).
-    """
-    import aimrocks
-
-    original_options, original_db = aimrocks.Options, aimrocks.DB
-    vector = getattr(aimrocks, "VectorMemtableFactory", None)  # an aimrocks without it: skip lists
-
-    def options(**settings: Any) -> Any:
-        if settings.get("write_buffer_size") == 1024 * 1024 and settings.get("max_write_buffer_number") == 1:
-            settings.update(
-                write_buffer_size=SERIES_WRITE_BUFFER,
-                max_write_buffer_number=SERIES_WRITE_BUFFERS,
-                db_write_buffer_size=SERIES_WRITE_BUFFER * SERIES_WRITE_BUFFERS,
-            )
-        return original_options(**settings)
-
-    def database(path: str, settings: Any, *args: Any, read_only: bool = False, **kwargs: Any) -> Any:
-        where = os.path.normpath(str(path)).split(os.sep)
-        if (
-            vector is not None
-            and not read_only
-            and where[-3:-1] == ["seqs", "chunks"]
-            and settings.write_buffer_size == SERIES_WRITE_BUFFER
-        ):
-            settings.memtable_factory = vector()
-            settings.allow_concurrent_memtable_write = False  # a vector takes one writer at a time
-        return original_db(path, settings, *args, read_only=read_only, **kwargs)
-
-    aimrocks.Options, aimrocks.DB = options, database
-    try:
-        yield
-    finally:
-        aimrocks.Options, aimrocks.DB = original_options, original_db
-
-
-@contextlib.contextmanager
-def new_run_with_hash(run_hash: str) -> Iterator[None]:
-    """While this is open, a new ``aim.Run`` gets ``run_hash`` instead of a random one.
-
-    ``aim.Run(run_hash=...)`` only continues a run that exists; a spooled run must appear on the
-    server under the hash it was spooled with. aim draws a new run's hash from
-    ``aim.sdk.base_run.generate_run_hash`` (aim 3.29, pinned by ``aim<4``).
-    """
-    from aim.sdk import base_run
-
-    original = base_run.generate_run_hash
-    base_run.generate_run_hash = lambda *args, **kwargs: run_hash
-    try:
-        yield
-    finally:
-        base_run.generate_run_hash = original
+__all__ = ["ScalarBatcher"]
 
 
 class ScalarBatcher:
@@ -165,6 +85,8 @@ class ScalarBatcher:
         self._pending: _Pending | None = None  # the batch whose commit may still be running
         self._sender: Pipeline | None = None  # a server's pipelined connection, made on first use
         self._no_sender = False  # this aim's client offers none: write through it
+        self._owner: Any = None  # the series' RocksDB container, once a local batch was written
+        self._idle_flush = IdleFlush()
 
     @staticmethod
     def available(run: Any) -> bool:
@@ -243,7 +165,7 @@ class ScalarBatcher:
                     send(view.tree, list(zip(hashes, column, strict=True)), pipeline)
                 continue
             if owner is None:
-                owner = _flatten(info.val_view.tree.container)[0]
+                owner = self._owner = _flatten(info.val_view.tree.container)[0]
                 batch = owner.batch()
             keys = []
             for step in steps:
@@ -290,11 +212,17 @@ class ScalarBatcher:
         if self._settled is not None:
             self._settled(pending.scalars, None)
 
+    def idle(self) -> None:
+        """Nothing waits to be written: a large series memtable goes to disk now, on a thread of its
+        own, rather than at the run's close (see :class:`~.rocks.IdleFlush`)."""
+        self._idle_flush.start(self._owner)
+
     def close(self) -> None:
         """Settle the last batch and end the committer thread. The batcher can write again later."""
         try:
             self.settle()
         finally:
+            self._idle_flush.wait()  # the database must not close under it
             committer, self._committer = self._committer, None
             if committer is not None:
                 committer.shutdown(wait=True)

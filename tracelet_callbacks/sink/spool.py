@@ -39,7 +39,7 @@ from typing import Any
 
 from .heartbeat import HEARTBEAT_KEY, HEARTBEAT_SECS
 from .pipeline import pipeline_for, send
-from .series import new_run_with_hash
+from .rocks import new_run_with_hash
 
 __all__ = ["copy_run", "open_run", "read_mark", "seed_from", "series_paths", "write_mark"]
 
