@@ -26,6 +26,7 @@ import pytest
 import tracelet_callbacks as tracelet
 from conftest import open_repo, read_run
 from tracelet_callbacks import TraceletError, TraceletWarning
+from tracelet_callbacks.sink import writer
 from tracelet_callbacks.sink.run import AimSink
 from tracelet_callbacks.sink.series import ScalarBatcher
 from tracelet_callbacks.sink.writer import ProcessSink, ThreadSink
@@ -655,8 +656,6 @@ def test_the_next_run_reuses_the_writer_in_the_trainers_current_folder(
 
 @pytest.mark.slow
 def test_a_run_that_cannot_be_resumed_leaves_the_writer_usable(repo_dir: Path) -> None:
-    from tracelet_callbacks.sink import writer
-
     with pytest.raises(TraceletError, match="resume run"):
         tracelet.Experiment(writer="process", run_hash="0" * 24).open()
     wait_until(lambda: writer._spare is not None, 30, "the writer to be handed back")
@@ -1031,3 +1030,41 @@ def test_a_caught_up_writer_puts_a_large_series_memtable_on_disk_before_the_run_
     assert files and size < IDLE_FLUSH_BYTES  # it had grown to about 14 MB: on disk before the close
     exp.close()
     assert series(repo_dir, "loss", {"subset": "train"}, exp.hash) == {s: s * 0.5 for s in range(80_000)}
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_values_left_on_their_device_are_read_when_their_batch_is_handed_on(
+    repo_dir: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value the translator leaves on its device (a ``Deferred``) is read back, many at once, when
+    its batch goes to the writer; until the first one, batches are handed on without looking. This
+    machine has no GPU: a CPU tensor stands in, given to ``Deferred`` as ``to_value`` gives a one-element
+    CUDA tensor (tests/test_cuda.py does the same on a GPU)."""
+    import torch
+
+    from conftest import series
+    from tracelet_callbacks.core import translator as translator_module
+    from tracelet_callbacks.core.values import Deferred, to_value
+
+    def on_device(value: Any) -> Any:
+        return Deferred(value) if isinstance(value, torch.Tensor) else to_value(value)
+
+    monkeypatch.setattr(translator_module, "to_value", on_device)
+    monkeypatch.setattr(writer, "_spare", None)  # a new writer: an earlier test's may have imported torch
+    exp = tracelet.Experiment(writer=mode, buffer_size=100)
+    for step in range(250):
+        exp.log_metric("train/loss", float(step), step)
+    assert not exp._sink.holds_deferred
+    for step in range(250, 500):
+        exp.log_metric("train/loss", torch.tensor(step / 2), step)
+    assert exp._sink.holds_deferred
+    exp.flush()
+    if mode == "process":  # only numbers crossed over: the writer never needed torch (nor a GPU)
+        maps = Path(f"/proc/{exp._sink._worker.proc.pid}/maps").read_text()
+        assert "libtorch" not in maps
+    exp.close()
+    if (spare := writer._spare) is not None:  # this test's writer, kept for a run that will not come
+        spare.proc.kill()
+        spare.release(wait=10.0)
+    expected = {step: float(step) if step < 250 else step / 2 for step in range(500)}
+    assert series(repo_dir, "loss", {"subset": "train"}, exp.hash) == expected

@@ -139,10 +139,13 @@ class Translator:
     def _convert(self, tag: str, value: Any) -> Any:
         """A value that is not already a float: a float, a ``Deferred`` device scalar, or ``_SKIPPED``."""
         try:
-            return to_value(value)
+            number = to_value(value)
         except Unsupported as exc:
             self.skip(tag, str(exc), depth=1)
             return _SKIPPED
+        if type(number) is not float:
+            self.sink.holds_deferred = True  # before the sink can see it
+        return number
 
     def scalar(
         self,
@@ -257,6 +260,8 @@ class Translator:
             else:
                 self.skip(name, str(exc))
             return
+        if type(number) is not float:
+            self.sink.holds_deferred = True
         self.sink.submit([rec.Scalar(name, number, step, epoch, where, _now())])
 
     # -- rich types ---------------------------------------------------------------------------------

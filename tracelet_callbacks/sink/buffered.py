@@ -121,7 +121,9 @@ class BufferedSink(Sink):
             while self._pending:
                 batch = self._take_pending()
                 for start in range(0, len(batch), self._limit):
-                    chunk = _resolved(batch[start : start + self._limit])
+                    chunk = batch[start : start + self._limit]
+                    if self.holds_deferred:  # set before any such value was added: no race
+                        chunk = _resolved(chunk)
                     if self._fallback is not None:  # the writer died while this batch was handed on
                         self._fallback.submit(chunk)
                     else:

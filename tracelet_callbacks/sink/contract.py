@@ -30,6 +30,9 @@ class Sink(abc.ABC):
 
     #: The status the run was closed with; ``None`` while it is open.
     status: str | None = None
+    #: Set by the translator before it hands on its first value still on its device (a ``Deferred``,
+    #: read back later): until then a writer need not look through its batches for such values.
+    holds_deferred = False
 
     @abc.abstractmethod
     def open(self) -> None:
