@@ -114,7 +114,7 @@ def _active_translator(writer: SummaryWriter) -> Translator | None:
     """Where this writer's values go: its own experiment, else the ``start_logging`` session."""
     if _inside_tensorboard and get_ident() in _inside_tensorboard:
         return None
-    own = writer.__dict__.get("_tracelet_experiment")
+    own = writer._tracelet_experiment
     if own is not None:
         return own.translator
     active = active_experiment()
@@ -126,7 +126,7 @@ def _tensorboard_call(
 ) -> Any:
     """Run the real TensorBoard method; its failure on a strange value must not stop training (one
     warning per tag and method)."""
-    if not writer.__dict__.get("_tracelet_tensorboard", True):
+    if not writer._tracelet_tensorboard:
         return None
     thread = get_ident()
     outer = thread in _inside_tensorboard
@@ -208,11 +208,7 @@ def _wrap(name: str, forward: Forward) -> Callable:
             raise
         except Exception as exc:  # a bug of ours or an odd argument: say so, keep training
             translator.skip(str(arguments.get("tag", name)), f"{name} could not be converted: {exc!r}", name)
-        if (
-            name == "add_figure"
-            and arguments.get("close")
-            and not self.__dict__.get("_tracelet_tensorboard", True)
-        ):
+        if name == "add_figure" and arguments.get("close") and not self._tracelet_tensorboard:
             _close_figures(arguments["figure"])  # TensorBoard's add_figure would have closed them
         tag = arguments.get("tag", arguments.get("main_tag"))
         return _tensorboard_call(self, name, lambda: original(**arguments), translator.strict, tag)
@@ -232,7 +228,8 @@ WRAPPED.update({name: _wrap(name, forward) for name, forward in _FORWARDS.items(
 
 
 _patched = False
-#: What a plain SummaryWriter reads as its own while patched: no experiment of its own, event files on.
+#: What a plain SummaryWriter reads as its own while patched (every wrapped method reads these two
+#: attributes, which a TraceletWriter sets itself): no experiment of its own, event files on.
 _DEFAULTS = {"_tracelet_experiment": None, "_tracelet_tensorboard": True}
 
 
