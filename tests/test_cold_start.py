@@ -25,7 +25,7 @@ from aim.storage.context import Context
 import tracelet_callbacks as tracelet
 from conftest import read_run, series
 from tracelet_callbacks import TraceletWarning
-from tracelet_callbacks.sink import writer
+from tracelet_callbacks.sink import process
 
 #: How long a test waits for a read that must not need the writer before calling it a hang.
 HANG = 60.0
@@ -54,11 +54,11 @@ class Gate:
 def gate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     """Writer processes started from here on wait for ``gate.open()`` (no spare from another test)."""
     held = Gate(tmp_path_factory.mktemp("gate"))
-    monkeypatch.setattr(writer, "_spare", None)
+    monkeypatch.setattr(process, "_spare", None)
     monkeypatch.setattr(sys, "executable", str(held.script))
     yield held
     held.open()  # a test that failed early must not leave a writer waiting forever
-    spare = writer._spare  # the test's writer, kept for a next run that will not come: stop it
+    spare = process._spare  # the test's writer, kept for a next run that will not come: stop it
     if spare is not None and spare.owner == os.getpid():
         spare.proc.kill()
         spare.release(wait=10.0)

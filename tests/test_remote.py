@@ -108,13 +108,13 @@ def test_server_down_is_a_clear_error_within_seconds(repo_dir: Path) -> None:
 
 
 def test_a_writer_that_served_a_server_since_stopped_still_exits(repo_dir: Path, tmp_path: Path) -> None:
-    from tracelet_callbacks.sink import writer
+    from tracelet_callbacks.sink import process
 
     with running_server(tmp_path) as (uri, _):
         exp = tracelet.Experiment(remote_uri=uri, writer="process")
         exp.log_metric("loss", 1.0, 0)
         exp.close()
-    worker = writer._take_worker()  # the writer kept for a next run; let go, it must end by itself
+    worker = process.take_worker()  # the writer kept for a next run; let go, it must end by itself
     os.close(worker.out)
     os.close(worker.inp)
     try:

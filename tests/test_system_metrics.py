@@ -142,7 +142,7 @@ def test_rss_follows_a_500_mb_allocation_and_leaves_the_writer_out(
     import numpy as np
     import psutil
 
-    from tracelet_callbacks.sink.writer import writer_pids
+    from tracelet_callbacks.sink.process import writer_pids
 
     exp = tracelet.Experiment(repo_path=str(repo_dir), system_tracking_interval=0.25).open()
     assert exp.config.writer == "process"

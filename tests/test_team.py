@@ -255,7 +255,7 @@ def _trainer_script(repo: Path, report: Path) -> str:
         f"""
         import json, os, time
         import tracelet_callbacks as tracelet
-        from tracelet_callbacks.sink.writer import writer_pids
+        from tracelet_callbacks.sink.process import writer_pids
         exp = tracelet.start_logging(
             repo_path={str(repo)!r}, experiment_name="doomed", system_tracking_interval=None
         )

@@ -26,7 +26,7 @@ import pytest
 import tracelet_callbacks as tracelet
 from conftest import open_repo, read_run
 from tracelet_callbacks import TraceletError, TraceletWarning
-from tracelet_callbacks.sink import writer
+from tracelet_callbacks.sink import process
 from tracelet_callbacks.sink.run import AimSink
 from tracelet_callbacks.sink.series import ScalarBatcher
 from tracelet_callbacks.sink.writer import ProcessSink, ThreadSink
@@ -658,8 +658,8 @@ def test_the_next_run_reuses_the_writer_in_the_trainers_current_folder(
 def test_a_run_that_cannot_be_resumed_leaves_the_writer_usable(repo_dir: Path) -> None:
     with pytest.raises(TraceletError, match="resume run"):
         tracelet.Experiment(writer="process", run_hash="0" * 24).open()
-    wait_until(lambda: writer._spare is not None, 30, "the writer to be handed back")
-    pid = writer._spare.proc.pid
+    wait_until(lambda: process._spare is not None, 30, "the writer to be handed back")
+    pid = process._spare.proc.pid
     exp = tracelet.Experiment(writer="process")
     exp.log_metric("train/loss", 1.0, 0)
     assert exp._sink._proc.pid == pid
@@ -669,12 +669,12 @@ def test_a_run_that_cannot_be_resumed_leaves_the_writer_usable(repo_dir: Path) -
 
 SPARE_AT_EXIT = """
 import tracelet_callbacks as tracelet
-from tracelet_callbacks.sink import writer
+from tracelet_callbacks.sink import process
 
 exp = tracelet.Experiment(writer="process")
 exp.log_metric("loss", 1.0, 0)
 exp.close()
-print(writer._spare.proc.pid, flush=True)
+print(process._spare.proc.pid, flush=True)
 """
 
 
@@ -693,12 +693,12 @@ def test_the_spare_writer_ends_with_the_trainer(repo_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_a_forked_child_leaves_the_parents_spare_writer_alone(repo_dir: Path) -> None:
-    from tracelet_callbacks.sink import writer
+    from tracelet_callbacks.sink import process
 
     first = tracelet.Experiment(writer="process")
     first.log_metric("loss", 1.0, 0)
     first.close()
-    spare = writer._spare.proc.pid
+    spare = process._spare.proc.pid
     child = os.fork()
     if child == 0:  # a DataLoader-style fork that logs a run of its own
         code = 1
@@ -710,7 +710,7 @@ def test_a_forked_child_leaves_the_parents_spare_writer_alone(repo_dir: Path) ->
         finally:
             os._exit(code)
     assert os.waitpid(child, 0)[1] == 0
-    assert writer._spare is not None and writer._spare.proc.pid == spare and writer._spare.usable()
+    assert process._spare is not None and process._spare.proc.pid == spare and process._spare.usable()
     again = tracelet.Experiment(writer="process")
     again.log_metric("loss", 3.0, 0)
     assert again._sink._proc.pid == spare
@@ -723,11 +723,11 @@ def test_a_forked_child_leaves_the_parents_spare_writer_alone(repo_dir: Path) ->
 def test_a_writer_that_dies_before_opening_the_run_is_replaced_by_this_process(
     repo_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tracelet_callbacks.sink import writer
+    from tracelet_callbacks.sink import process
 
-    doomed = writer._Worker()
+    doomed = process.Worker()
     os.kill(doomed.proc.pid, signal.SIGSTOP)  # it will take the run's "open" and never answer
-    monkeypatch.setattr(writer, "_spare", doomed)
+    monkeypatch.setattr(process, "_spare", doomed)
     exp = tracelet.Experiment(writer="process", run_name="rescued", tags={"team": "a"})
     exp.open()
     assert exp._sink._proc.pid == doomed.proc.pid
@@ -1050,7 +1050,7 @@ def test_values_left_on_their_device_are_read_when_their_batch_is_handed_on(
         return Deferred(value) if isinstance(value, torch.Tensor) else to_value(value)
 
     monkeypatch.setattr(translator_module, "to_value", on_device)
-    monkeypatch.setattr(writer, "_spare", None)  # a new writer: an earlier test's may have imported torch
+    monkeypatch.setattr(process, "_spare", None)  # a new writer: an earlier test's may have imported torch
     exp = tracelet.Experiment(writer=mode, buffer_size=100)
     for step in range(250):
         exp.log_metric("train/loss", float(step), step)
@@ -1063,7 +1063,7 @@ def test_values_left_on_their_device_are_read_when_their_batch_is_handed_on(
         maps = Path(f"/proc/{exp._sink._worker.proc.pid}/maps").read_text()
         assert "libtorch" not in maps
     exp.close()
-    if (spare := writer._spare) is not None:  # this test's writer, kept for a run that will not come
+    if (spare := process._spare) is not None:  # this test's writer, kept for a run that will not come
         spare.proc.kill()
         spare.release(wait=10.0)
     expected = {step: float(step) if step < 250 else step / 2 for step in range(500)}

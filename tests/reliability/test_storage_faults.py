@@ -27,7 +27,7 @@ from conftest import read_run, series
 from tracelet_callbacks import TraceletWarning
 from tracelet_callbacks.core import records as rec
 from tracelet_callbacks.sink.buffered import Unavailable
-from tracelet_callbacks.sink.writer import writer_pids
+from tracelet_callbacks.sink.process import writer_pids
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ TRAINER = textwrap.dedent(
     """
     import os, sys, time
     import tracelet_callbacks as tracelet
-    from tracelet_callbacks.sink.writer import writer_pids
+    from tracelet_callbacks.sink.process import writer_pids
 
     repo, more = sys.argv[1], int(sys.argv[2])
     exp = tracelet.start_logging(repo_path=repo, experiment_name="full-disk")

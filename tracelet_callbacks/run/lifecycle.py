@@ -70,7 +70,8 @@ class RunLifecycle:
         self._stand_in: Experiment | None = None
         self._watchers = Watchers()
         if enabled and launched_as_rank_zero():
-            from ..sink.writer import check_address, warm_up
+            from ..sink.process import warm_up
+            from ..sink.writer import check_address
 
             check_address(config)  # a web server or aim's UI port given as the server fails here
             warm_up(config)  # the writer imports aim while the trainer is being set up

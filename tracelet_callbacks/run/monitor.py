@@ -172,8 +172,8 @@ class SystemMonitor:
         if self._samplers is None:
             self._samplers = (ProcessSampler(), GpuSampler())
         self._samplers[0].disk_path = self.disk_path
-        writer = sys.modules.get("tracelet_callbacks.sink.writer")  # loaded once a writer was started
-        writers = writer.writer_pids() if writer is not None else frozenset()
+        process = sys.modules.get("tracelet_callbacks.sink.process")  # loaded once a writer was started
+        writers = process.writer_pids() if process is not None else frozenset()
         readings = self._samplers[0].sample(exclude=writers)
         try:
             readings += self._samplers[1].sample()

@@ -26,6 +26,7 @@ log = logging.getLogger("tracelet_callbacks")
 #: How many batches may be handed on but not yet durable before the caller waits.
 IN_FLIGHT_BATCHES = 32
 CLOSE_TIMEOUT = 300.0
+CLOSE_GRACE = 10.0  # seconds a stalled storage gets to close the run at the end of training
 #: The longest a caller waits for room when the writer answers nothing at all (a frozen process); a
 #: writer whose storage is stuck says so within seconds (see :mod:`.watchdog`).
 SILENT_WRITER_SECS = 60.0

@@ -3,10 +3,12 @@
 Two writers sit behind the same :class:`~tracelet_callbacks.sink.contract.Sink` contract as the
 synchronous :class:`~tracelet_callbacks.sink.run.AimSink`:
 
-* :class:`ProcessSink` (the default) starts ``python -m tracelet_callbacks.sink.worker`` and feeds it
-  pickled batches through a pipe. aim's storage work happens in that process, so it never takes the
-  training process's GIL; the trainer pays an append per value and a pickle per batch.
-* :class:`ThreadSink` writes from a thread in this process (for places that cannot start a process).
+* :class:`ProcessSink` (the default, here) hands the run to a ``python -m tracelet_callbacks.sink.worker``
+  process (:mod:`~tracelet_callbacks.sink.process` starts it and keeps one ready) and feeds it pickled
+  batches through a pipe. aim's storage work happens in that process, so it never takes the training
+  process's GIL; the trainer pays an append per value and a pickle per batch.
+* :class:`~tracelet_callbacks.sink.threaded.ThreadSink` writes from a thread in this process (for
+  places that cannot start a process).
 
 Both hold at most ``buffer_size`` records before they hand a batch on, hand on whatever is waiting
 every ``flush_secs`` (so a killed trainer loses at most that much), and apply back-pressure instead of
@@ -17,33 +19,28 @@ durable. A writer that dies is reported once; logging then goes on in this proce
 
 from __future__ import annotations
 
-import atexit
-import collections
-import fcntl
 import logging
 import os
 import subprocess
 import sys
 import threading
-import time
 from typing import Any
 
 from ..config import TraceletConfig
 from ..core import records as rec
 from ..errors import TraceletError, say
 from . import wire
-from .buffered import CLOSE_TIMEOUT, BufferedSink, Unavailable
+from .buffered import CLOSE_GRACE, CLOSE_TIMEOUT, BufferedSink, Unavailable
 from .contract import Sink
 from .ownership import hold
-from .watchdog import Watchdog
+from .process import Worker, keep_worker, take_worker
+from .threaded import ThreadSink
 
-__all__ = ["ProcessSink", "ThreadSink", "check_address", "check_target", "open_sink", "warm_up"]
+__all__ = ["ProcessSink", "ThreadSink", "check_address", "check_target", "open_sink"]
 
 log = logging.getLogger("tracelet_callbacks")
 
 _START_TIMEOUT = 120.0
-CLOSE_GRACE = 10.0  # seconds a stalled storage gets to close the run at the end of training
-_F_SETPIPE_SZ = 1031  # Linux: a 1 MiB pipe holds a whole batch, so a busy writer rarely blocks the trainer
 
 
 def open_sink(config: TraceletConfig, *, new_run: bool = False) -> Sink:
@@ -97,160 +94,12 @@ def check_target(config: TraceletConfig) -> None:
     check_repo_path(config.spool_path if config.remote_uri else config.repo_path)
 
 
-class _Worker:
-    """One writer process and this process's ends of the two pipes to it."""
-
-    def __init__(self) -> None:
-        to_worker_r, to_worker_w = os.pipe()
-        from_worker_r, from_worker_w = os.pipe()
-        try:
-            fcntl.fcntl(to_worker_w, _F_SETPIPE_SZ, 1 << 20)
-        except OSError:
-            pass
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        try:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tracelet_callbacks.sink.worker",
-                    str(to_worker_r),
-                    str(from_worker_w),
-                ],
-                pass_fds=(to_worker_r, from_worker_w),
-                start_new_session=True,  # Ctrl-C and process-group signals are for the trainer
-                env=env,
-            )
-        except BaseException:
-            os.close(to_worker_w)
-            os.close(from_worker_r)
-            raise
-        finally:
-            os.close(to_worker_r)
-            os.close(from_worker_w)
-        _WRITER_PIDS.add(self.proc.pid)
-        self.out = to_worker_w  # written by one sink at a time, under its send lock
-        self.inp = from_worker_r  # read by that sink's reply thread
-        self.owner = os.getpid()
-
-    def usable(self) -> bool:
-        return self.owner == os.getpid() and self.out >= 0 and self.proc.poll() is None
-
-    def release(self, close_input: bool = True, wait: float | None = None) -> None:
-        """Close our pipe ends (the worker then ends its run, if any, and exits) and reap it.
-
-        ``close_input=False`` leaves the reply pipe to the thread still reading it, which closes it
-        at the end of the stream. With ``wait`` the worker is reaped now (a dead writer's run lock
-        names its pid; aim treats the lock as stale once that pid is gone); else in the background.
-        """
-        for name in ("out", "inp") if close_input else ("out",):
-            fd = getattr(self, name)
-            setattr(self, name, -1)
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        if self.owner != os.getpid():
-            return  # a forked copy: the worker belongs to the process that started it
-        if wait is None:
-            threading.Thread(target=self.proc.wait, name="tracelet-reap", daemon=True).start()
-            return
-        try:
-            self.proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-#: Writer processes this process started (the system monitor leaves them out of the trainer's figures).
-_WRITER_PIDS: set[int] = set()
-
-
-def writer_pids() -> frozenset[int]:
-    """The pids of the writer processes this process started (finished ones included)."""
-    return frozenset(_WRITER_PIDS)
-
-
-# A writer waits here for this process's next run: one started early (warm_up), or one whose run closed
-# cleanly (the next fold, trial or Trainer then pays no second start and aim import). One is kept;
-# more are let go.
-_spare: _Worker | None = None
-_spare_lock = threading.Lock()
-_exiting = False
-
-
-def warm_up(config: TraceletConfig) -> None:
-    """Start this process's writer now, while the trainer is still being set up, so that it has
-    imported aim by the time a run needs it (called when a logger, callback, tracker or writer is
-    made). It holds no run and makes no file; unused, it is stopped when this process exits."""
-    global _spare
-    if config.sink_factory is not None or config.writer != "process":
-        return
-    with _spare_lock:
-        if _exiting or (_spare is not None and _spare.usable()):
-            return
-        stale, _spare = _spare, None
-        try:
-            _spare = _Worker()
-        except OSError:  # no way to start a process here: the run says so when it opens
-            pass
-    if stale is not None:
-        stale.release()
-
-
-def _take_worker() -> _Worker:
-    global _spare
-    with _spare_lock:
-        worker, _spare = _spare, None
-    if worker is not None:
-        if worker.usable():
-            return worker
-        worker.release()
-    return _Worker()
-
-
-def _keep_worker(worker: _Worker) -> None:
-    global _spare
-    with _spare_lock:
-        if _spare is None and worker.usable() and not _exiting:
-            _spare = worker
-            return
-    worker.release()
-
-
-@atexit.register  # registered before the run-closing handler, so it runs after it
-def _stop_spare() -> None:
-    """At exit the spare has no run, so nothing is lost by stopping it now rather than waiting."""
-    global _spare, _exiting
-    with _spare_lock:
-        worker, _spare, _exiting = _spare, None, True
-    if worker is not None and worker.owner == os.getpid():
-        worker.proc.kill()
-        worker.release(wait=5.0)
-
-
-def _forget_spare() -> None:
-    """In a forked child: the spare is the parent's. Only the child's copies of its pipe ends are
-    closed; a run the child opens gets a writer of its own."""
-    global _spare, _spare_lock
-    _spare_lock = threading.Lock()  # a parent's thread may have held it at the fork
-    worker, _spare = _spare, None
-    if worker is not None:
-        worker.release()
-
-
-os.register_at_fork(after_in_child=_forget_spare)
-
-
 class ProcessSink(BufferedSink):
     """Writes through ``python -m tracelet_callbacks.sink.worker`` (see the module docstring)."""
 
     def __init__(self, config: TraceletConfig, *, new_run: bool = False) -> None:
         super().__init__(config)
-        self._worker: _Worker | None = None
+        self._worker: Worker | None = None
         # a new run's hash is known now; a resumed one is the writer's to confirm (it may not exist)
         self._new_run = new_run
         self._hash = config.run_hash if new_run else None
@@ -273,7 +122,7 @@ class ProcessSink(BufferedSink):
         run) opens the run in the background. A new run's hash is known already; resuming a run waits
         here for the writer to have found it, so a run that is not there fails the caller now.
         """
-        worker = self._worker = _take_worker()
+        worker = self._worker = take_worker()
         # the routing table and a test's sink factory stay here: the writer only writes
         config = self.config.replace(routing=None, sink_factory=None)
         self._send(wire.Open(config, list(sys.argv), self._new_run))
@@ -320,7 +169,7 @@ class ProcessSink(BufferedSink):
                 raise BrokenPipeError("the writer was let go")
             wire.send_frame(worker.out, message)
 
-    def _read_replies(self, worker: _Worker) -> None:
+    def _read_replies(self, worker: Worker) -> None:
         """Route the writer's replies until this run is closed, or the writer's pipe ends."""
         inbox = wire.FrameReader(worker.inp)
         handed_back = False  # the worker is done with this run and fine: it may serve another
@@ -484,7 +333,7 @@ class ProcessSink(BufferedSink):
         if worker is None:
             return
         if keep:
-            _keep_worker(worker)
+            keep_worker(worker)
         else:
             if kill and worker.owner == os.getpid():
                 worker.proc.kill()
@@ -504,97 +353,3 @@ class ProcessSink(BufferedSink):
             sink = aim_sink(self.config.replace(run_hash=self._hash, run_name=None, tags=None), takeover=True)
         sink.open()
         return sink
-
-
-class ThreadSink(BufferedSink):
-    """Writes from a thread in this process, through an ``AimSink``."""
-
-    def __init__(self, config: TraceletConfig, *, new_run: bool = False) -> None:
-        super().__init__(config)
-        self._new_run = new_run
-        self._queue: collections.deque = collections.deque()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._sink: Any = None
-        self._error: BaseException | None = None
-
-    def open(self) -> None:
-        from .forward import aim_sink
-
-        self._sink = aim_sink(self.config, new_run=self._new_run)
-        self._sink.open()
-        self._hash, self._artifacts_uri = self._sink.hash, self._sink.artifacts_uri
-        config = self.config
-        self._watchdog = Watchdog(
-            config.spool_path if config.remote_uri else config.repo_path, on_stall=self._storage_stalled
-        ).start()
-        self._thread = threading.Thread(target=self._work, name="tracelet-writer", daemon=True)
-        self._thread.start()
-        self._start_timer()
-
-    def _work(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                seq, batch = self._queue.popleft()
-                if seq is None:
-                    return
-                try:
-                    with self._watchdog.busy("writing values"):
-                        self._sink.submit(batch)
-                        if not self._queue:  # caught up: make it durable before saying so (a server's queue)
-                            self._sink.flush()
-                except Exception as exc:
-                    self._error = exc
-                    self._acknowledge(seq, max(self._sink.failures, 1), repr(exc))
-                    return
-                self._acknowledge(seq, self._sink.failures, None)
-
-    def _deliver(self, seq: int, batch: list) -> Any:
-        self._queue.append((seq, batch))
-        self._wake.set()
-        return batch
-
-    def get(self, key: str) -> Any:
-        self.flush()
-        return (self._fallback or self._sink).get(key)
-
-    def _store_artifact(self, record: rec.Artifact) -> None:
-        self.flush()
-        (self._fallback or self._sink).submit([record])
-
-    def _poll_writer(self) -> None:
-        thread = self._thread
-        if thread is not None and not thread.is_alive():
-            self._writer_gone(f"{self._error!r}" if self._error else "its thread ended")
-
-    def _close_writer(self, status: str) -> None:
-        self._deliver(None, [])  # type: ignore[arg-type]
-        # closing happens on a thread of its own too, so storage that is stuck cannot hold the caller
-        closing = threading.Thread(
-            target=self._finish, args=(status,), name="tracelet-writer-close", daemon=True
-        )
-        closing.start()
-        deadline = time.monotonic() + CLOSE_TIMEOUT
-        while closing.is_alive() and time.monotonic() < deadline:
-            closing.join(0.5)
-            if self._stall is not None:
-                closing.join(CLOSE_GRACE)
-                break
-        self._watchdog.stop()
-        if closing.is_alive():
-            say(
-                f"tracelet: run {self._hash} was not closed "
-                f"({self._stall or 'its storage does not answer'}); it stays 'active' until "
-                "`python -m tracelet_callbacks runs close-stale`"
-            )
-
-    def _finish(self, status: str) -> None:
-        if self._thread is not None:
-            self._thread.join()
-        with self._watchdog.busy("closing the run"):
-            self._sink.close(status)
-
-    def _take_over(self) -> Any:
-        return self._sink  # the thread is gone; its sink is still open in this process
