@@ -182,7 +182,7 @@ class FrameReader:
 
     def read(self) -> Any:
         payload = self.read_pickled()
-        return None if payload is None else pickle.loads(payload)
+        return None if payload is None else loads(payload)
 
     def read_pickled(self) -> bytearray | None:
         """The next message still pickled (for :func:`loads`), or ``None`` at the end of the stream."""
