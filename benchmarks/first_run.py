@@ -22,6 +22,8 @@ logger are printed.
 
     python benchmarks/first_run.py [--repeats 5] [--steps 1000] [--hf-steps 300] [--only lightning|hf]
         [--warm]
+
+``TRACELET_BENCH_VERBOSE=1`` prints every measurement as it is taken (the spread behind a median).
 """
 
 from __future__ import annotations
@@ -270,10 +272,15 @@ def main() -> None:
         if options.only in (None, "hf"):
             plan += [("hf", kind, options.hf_steps, fits) for kind in HF]
     samples: dict[tuple[str, str], list[dict]] = {(f, k): [] for f, k, _, _ in plan}
+    verbose = bool(os.environ.get("TRACELET_BENCH_VERBOSE"))
     for round_ in range(options.repeats):
         shift = round_ % len(plan)
         for framework, kind, steps, fits in plan[shift:] + plan[:shift]:
-            samples[framework, kind].append(_measure(framework, kind, steps, fits))
+            sample = _measure(framework, kind, steps, fits)
+            samples[framework, kind].append(sample)
+            if verbose:
+                figures = " ".join(f"{name}={seconds:.3f}" for name, seconds in sample.items())
+                print(f"  round {round_ + 1} {framework} {kind}: {figures}", file=sys.stderr, flush=True)
         print(f"round {round_ + 1}/{options.repeats} done", file=sys.stderr, flush=True)
     if options.only in (None, "lightning"):
         title = f"Lightning fit, {options.steps} steps x {METRICS} metrics"
