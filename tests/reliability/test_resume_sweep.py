@@ -215,10 +215,12 @@ def test_hf_train_from_a_checkpoint_whose_run_is_not_on_the_server_goes_on(
 
 @pytest.mark.slow
 def test_a_plain_resume_from_whose_run_is_not_on_the_server_goes_on(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before: start_logging(resume_from=...) raised TraceletError naming the server at start.
     from test_remote import running_server
+
+    monkeypatch.chdir(tmp_path)  # the default spool goes to the working folder: not the checkout
 
     checkpoint = tmp_path / "ckpt"
     with running_server(tmp_path_factory.mktemp("server")) as (uri, folder):
