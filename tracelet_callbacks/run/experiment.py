@@ -78,11 +78,9 @@ class Experiment:
         self._told = False  # the hash was handed to the caller (so close() makes the run if nothing did)
         self._owner = os.getpid()
         if enabled:
-            from ..sink.process import warm_up
-            from ..sink.writer import check_address  # no aim import: the writer does that
+            from ..sink.writer import prepare  # no aim import: the writer does that
 
-            check_address(self.config)  # a web server or aim's UI port given as the server fails here
-            warm_up(self.config)
+            prepare(self.config)  # a web server given as the server fails here; the writer starts
 
     # -- lifecycle ----------------------------------------------------------------------------------
 

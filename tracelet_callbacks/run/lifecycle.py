@@ -70,11 +70,9 @@ class RunLifecycle:
         self._stand_in: Experiment | None = None
         self._watchers = Watchers()
         if enabled and launched_as_rank_zero():
-            from ..sink.process import warm_up
-            from ..sink.writer import check_address
+            from ..sink.writer import prepare
 
-            check_address(config)  # a web server or aim's UI port given as the server fails here
-            warm_up(config)  # the writer imports aim while the trainer is being set up
+            prepare(config)  # the writer imports aim while the trainer is being set up
 
     # -- the current run ----------------------------------------------------------------------------
 

@@ -33,10 +33,10 @@ from . import wire
 from .buffered import CLOSE_GRACE, CLOSE_TIMEOUT, BufferedSink, Unavailable
 from .contract import Sink
 from .ownership import hold
-from .process import Worker, keep_worker, take_worker
+from .process import Worker, keep_worker, take_worker, warm_up
 from .threaded import ThreadSink
 
-__all__ = ["ProcessSink", "ThreadSink", "check_address", "check_target", "open_sink"]
+__all__ = ["ProcessSink", "ThreadSink", "check_address", "check_target", "open_sink", "prepare"]
 
 log = logging.getLogger("tracelet_callbacks")
 
@@ -71,6 +71,15 @@ def open_sink(config: TraceletConfig, *, new_run: bool = False) -> Sink:
         sink = ThreadSink(config, new_run=new_run)
         sink.open()
     return hold(sink)  # a child forked from here lets go of it (see ownership)
+
+
+def prepare(config: TraceletConfig) -> None:
+    """What making a logger, callback, tracker, writer or ``Experiment`` does besides checking its
+    settings: a ``remote_uri`` that names something other than an AIM server fails now
+    (:func:`check_address`), and this process's writer starts importing aim
+    (:func:`~tracelet_callbacks.sink.process.warm_up`). No aim import here, and no file is made."""
+    check_address(config)
+    warm_up(config)
 
 
 def check_address(config: TraceletConfig) -> None:
